@@ -1,0 +1,5 @@
+import sys
+
+from lesionbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""The ``lesionbench`` command line (design §7): list, run, leaderboard, check-data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _pairs(values: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        if "=" in v:
+            k, p = v.split("=", 1)
+            out[k] = p
+        elif default_key is not None:
+            out[default_key] = v
+        else:
+            raise SystemExit(f"error: {flag} {v!r}: expected NAME=PATH")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lesionbench", description="Weakly supervised anomaly detection in brain MRI, benchmarked.")
+    p.add_argument("--strict-plugins", action="store_true", help="fail on a broken plugin instead of skipping it")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="methods and datasets, one line each")
+
+    r = sub.add_parser("run", help="run a grid of methods x datasets x seeds, then print the leaderboard")
+    r.add_argument("--methods", nargs="+", help="method names (default: from --config, else all registered)")
+    r.add_argument("--datasets", nargs="+", default=["synth-tumor", "synth-ms"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--profile", choices=("smoke", "demo", "quick", "paper"), help="default: from --config, else quick")
+    r.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
+    r.add_argument("--config", help="TOML file: a [<method>] table per method, [data], optional method/profile keys")
+    r.add_argument("--set", dest="set_options", action="append", default=[], metavar="NS.KEY=VALUE",
+                   help="override (data.modalities=flair,t2 / vae.lr=1e-4); key=a,b sweeps")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    r.add_argument("--force", action="store_true", help="re-run cells that already have a finished run")
+    r.add_argument("--split-seed", type=int, default=0, help="seed of the subject-level split (independent of --seeds)")
+    r.add_argument("--split", action="append", default=[], metavar="[DATASET=]FILE", help="a split file: case id -> train/val/test")
+    r.add_argument("--root", action="append", default=[], metavar="DATASET=PATH", help="data folder of a file-based dataset")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    r.add_argument("--experiment", default="lesionbench")
+    r.add_argument("--objective", default="auprc", help="validation key that log.evaluate returns (slice_auroc: fully weakly supervised)")
+    r.add_argument("--metrics", nargs="+", default=None, help="leaderboard columns")
+
+    lb = sub.add_parser("leaderboard", help="the leaderboard from tracked runs")
+    lb.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
+    lb.add_argument("--tracking-uri")
+    lb.add_argument("--experiment", default="lesionbench")
+    lb.add_argument("--format", choices=("table", "md", "latex", "csv"), default="table")
+    lb.add_argument("--out", type=Path, help="write to this file instead of printing")
+    lb.add_argument("--metrics", nargs="+", default=None)
+    lb.add_argument("--datasets", nargs="+", default=None)
+
+    cd = sub.add_parser("check-data", help="load every case of a dataset and check it")
+    cd.add_argument("--dataset", required=True)
+    cd.add_argument("--root")
+    cd.add_argument("--set", dest="set_options", action="append", default=[], metavar="data.KEY=VALUE")
+    return p
+
+
+def _plugins(args):
+    from lesionbench.plugins import load_plugins
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plugins = load_plugins(strict=args.strict_plugins or None)
+    for name, error in plugins.failures:
+        print(f"warning: plugin {name!r} failed and was skipped: {error}", file=sys.stderr)
+    return plugins
+
+
+def cmd_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    plugins = _plugins(args)
+    console = Console()
+    t = Table(title="methods")
+    for col in ("name", "supervision", "plugin", "description"):
+        t.add_column(col)
+    for name in plugins.methods.names():
+        cls = plugins.methods.get(name)
+        t.add_row(name, cls.supervision.value, plugins.methods.origin(name), cls.description)
+    console.print(t)
+    t = Table(title="datasets")
+    for col in ("name", "needs --root", "plugin", "description"):
+        t.add_column(col)
+    for name in plugins.datasets.names():
+        cls = plugins.datasets.get(name)
+        t.add_row(name, "yes" if cls.needs_root else "no", plugins.datasets.origin(name), cls.description)
+    console.print(t)
+    return 0
+
+
+def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None) -> None:
+    from rich.console import Console
+
+    from lesionbench.leaderboard.tables import DEFAULT_METRICS, load_runs, render, rich_table
+
+    metrics = metrics or DEFAULT_METRICS
+    runs = load_runs(uri, experiment)
+    if fmt == "table" and out is None:
+        Console(width=200).print(rich_table(runs, metrics, datasets))
+        return
+    text = render(runs, "md" if fmt == "table" else fmt, metrics, datasets)
+    if out is not None:
+        out.write_text(text)
+        print(f"leaderboard written to {out}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from lesionbench.runner import RunRequest, run_grid
+    from lesionbench.tracking import default_tracking_uri
+
+    plugins = _plugins(args)
+    request = RunRequest(
+        methods=args.methods, datasets=args.datasets, seeds=args.seeds, profile=args.profile, workdir=args.workdir,
+        config_file=args.config, set_options=args.set_options, device=args.device, force=args.force,
+        split_seed=args.split_seed, split_files=_pairs(args.split, "--split", default_key="*"),
+        roots=_pairs(args.root, "--root"), tracking_uri=args.tracking_uri, experiment=args.experiment,
+        objective=args.objective,
+    )
+    console = Console(stderr=True)
+    results = run_grid(request, plugins, console)
+    uri = args.tracking_uri or default_tracking_uri(args.workdir)
+    failed = [r for r in results if r.status == "failed"]
+    done = sum(r.status == "finished" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    console.print(f"{done} cells run, {skipped} skipped (already finished; --force re-runs), {len(failed)} failed")
+    if done + skipped:
+        print_leaderboard(uri, args.experiment, "table", args.metrics, args.datasets, None)
+    console.print(f"results: MLflow {uri} (experiment {args.experiment!r}); splits and cache under {args.workdir}")
+    for r in failed:
+        console.print(f"[red]failed: {r.label} / {r.dataset} / seed {r.seed}: {r.error}[/red]")
+    return 1 if failed else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from lesionbench.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.workdir)
+    if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
+        raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
+    print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out)
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from lesionbench.config import parse_set, resolve_data_config
+    from lesionbench.runner import make_adapter
+
+    plugins = _plugins(args)
+    cls = plugins.datasets.get(args.dataset)
+    data = resolve_data_config("quick", {}, parse_set(args.set_options))
+    adapter = make_adapter(cls, args.root, data)
+    console = Console()
+    table = Table(title=f"{args.dataset}" + (f" ({args.root})" if args.root else ""))
+    for col in ("case", "modalities", "shape", "spacing", "brain voxels", "lesion voxels", "lesion slices"):
+        table.add_column(col)
+    bad = []
+    cases = adapter.cases()
+    for case in cases:
+        try:
+            v = adapter.load(case)
+            lesion = v.lesion if v.lesion is not None else np.zeros_like(v.brain)
+            table.add_row(case, ",".join(v.modalities), "x".join(map(str, v.image.shape[1:])),
+                          "x".join(f"{s:g}" for s in v.spacing), str(int(v.brain.sum())), str(int(lesion.sum())),
+                          str(int(lesion.any(axis=(1, 2)).sum())))
+        except Exception as exc:
+            bad.append((case, f"{type(exc).__name__}: {exc}"))
+            table.add_row(case, "[red]error[/]", "", "", "", "", "")
+    console.print(table)
+    console.print(f"{len(cases) - len(bad)} of {len(cases)} cases OK")
+    for case, err in bad:
+        console.print(f"[red]bad case {case}: {err}[/red]")
+    return 1 if bad or not cases else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lesionbench.config import ConfigError
+    from lesionbench.leaderboard.tables import LeaderboardError
+    from lesionbench.plugins import PluginError, UnknownNameError
+    from lesionbench.volume import DataError
+
+    args = build_parser().parse_args(argv)
+    commands = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, UnknownNameError, PluginError, LeaderboardError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Hyperparameter resolution: class defaults -> profile -> ``--config`` TOML -> ``--set`` (design §6-7).
+
+Keys are namespaced: ``data.<key>`` for preprocessing and data generation, ``<method>.<key>`` for a
+method's Config. ``--set key=a,b`` sweeps values (each value its own cell and label). For list-valued
+keys (``data.modalities=flair,t2``) the comma separates items and ``;`` separates sweep values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "demo", "quick", "paper")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, key or file; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing and data generation settings (``data.*``)."""
+
+    modalities: tuple[str, ...] = ()  # canonical names to use, in order; empty = all the dataset has
+    size: int = 64  # in-plane slice size after the dataset's crop and scale
+    min_lesion_voxels: int = 5  # a slice with 0 < lesion voxels < this is ambiguous (left out of training)
+    min_brain_fraction: float = 0.05  # training slices need at least this fraction of brain pixels
+    clip_low: float = 1.0  # per-volume percentile clip inside the brain, then scaled to [0, 1]
+    clip_high: float = 99.0
+    val_fraction: float = 0.15  # subject-level split fractions (ignored with --split FILE)
+    test_fraction: float = 0.25
+    subjects: int = 40  # synthetic sets: number of subjects
+    depth: int = 32  # synthetic sets: axial slices per subject
+    seed: int = 0  # synthetic sets: generator seed (independent of run seeds and of the split seed)
+    predict_batch: int = 64  # slices per predict call
+
+
+#: Data settings per profile (the smoke profile keeps the test suite fast on 2 cores).
+DATA_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"size": 32, "subjects": 14, "depth": 12},
+    "demo": {},
+    "quick": {},
+    "paper": {"size": 128},
+}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_sequence(tp) -> bool:
+    return typing.get_origin(tp) in (tuple, list)
+
+
+def parse_value(text: str, tp, key: str):
+    """Parse one ``--set`` value for a field of type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            return None
+        return parse_value(text, args[0], key)
+    if _is_sequence(tp):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        return tuple(parse_value(t, inner, key) for t in items)
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            return text
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected {getattr(tp, '__name__', tp)}") from None
+    raise ConfigError(f"--set {key}: values of type {tp} cannot be set from the command line")
+
+
+def coerce(value, tp, key: str):
+    """Check/convert a TOML value against a field type."""
+    if isinstance(value, str) and tp is not str:
+        return parse_value(value, tp, key)
+    if _is_sequence(tp):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (str,)
+        return tuple(coerce(v, inner, key) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    if value is not None and isinstance(base, type) and not isinstance(value, base):
+        raise ConfigError(f"{key}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+@dataclass
+class SetOption:
+    namespace: str  # "data" or a method name
+    key: str
+    values: list[str]  # more than one = a sweep
+
+
+def parse_set(options: list[str]) -> list[SetOption]:
+    parsed = []
+    for opt in options:
+        if "=" not in opt or "." not in opt.split("=", 1)[0]:
+            raise ConfigError(f"--set {opt!r}: expected NAMESPACE.KEY=VALUE (e.g. vae.lr=1e-4, data.modalities=flair,t2)")
+        lhs, rhs = opt.split("=", 1)
+        namespace, key = lhs.strip().split(".", 1)
+        parsed.append(SetOption(namespace, key, rhs.strip()))
+    return parsed
+
+
+def split_sweep(opt: SetOption, tp) -> list[str]:
+    if _is_sequence(tp):
+        return [v for v in opt.values.split(";")]
+    return opt.values.split(",")
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def typed_overrides(cls, table: dict[str, Any], where: str) -> dict[str, Any]:
+    types_ = _field_types(cls)
+    out = {}
+    for key, value in table.items():
+        if key not in types_:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(types_))}")
+        out[key] = coerce(value, types_[key], f"{where}.{key}")
+    return out
+
+
+def sweep_overrides(cls, options: list[SetOption], where: str) -> list[dict[str, Any]]:
+    """The cartesian product of ``--set`` values for one namespace, typed."""
+    types_ = _field_types(cls)
+    axes = []
+    for opt in options:
+        if opt.key not in types_:
+            raise ConfigError(f"--set {where}.{opt.key}: unknown key; known keys: {', '.join(sorted(types_))}")
+        tp = types_[opt.key]
+        axes.append([(opt.key, parse_value(v, tp, f"{where}.{opt.key}")) for v in split_sweep(opt, tp)])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def config_dict(config) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
+    return {f"{prefix}.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)) for k, v in d.items()}
+
+
+def resolve_data_config(profile: str, file_table: dict[str, Any], set_options: list[SetOption]) -> DataConfig:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    values = dict(DATA_PROFILES[profile])
+    values.update(typed_overrides(DataConfig, file_table, "data"))
+    sweeps = sweep_overrides(DataConfig, set_options, "data")
+    if len(sweeps) > 1:
+        raise ConfigError("data.* keys cannot be swept (one preprocessing per run); run again with another --workdir")
+    values.update(sweeps[0])
+    return DataConfig(**values)

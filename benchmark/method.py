@@ -1,0 +1,133 @@
+"""The Method contract (design §3): what a plugin implements and what it is given."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+
+class Supervision(enum.Enum):
+    NONE = "none"  # trained on healthy slices only
+    IMAGE = "image"  # trained on slices with image-level labels (healthy / lesion)
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """What a method may see of a split: images, image labels, brain masks and modality names.
+
+    Lesion masks, adapters and cache paths are absent from this object by construction (design §3).
+    images: float32 [N, C, H, W] (normalised to [0, 1] inside the brain, 0 outside);
+    labels: int64 [N] (0 healthy, 1 lesion); brain: bool [N, H, W].
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    brain: torch.Tensor
+    modalities: tuple[str, ...]
+
+    def __post_init__(self):
+        n = self.images.shape[0]
+        if self.labels.shape != (n,) or self.brain.shape != (n, *self.images.shape[2:]):
+            raise ValueError(
+                f"SliceSet shapes disagree: images {tuple(self.images.shape)}, labels {tuple(self.labels.shape)}, "
+                f"brain {tuple(self.brain.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def healthy(self) -> "SliceSet":
+        keep = self.labels == 0
+        return SliceSet(self.images[keep], self.labels[keep], self.brain[keep], self.modalities)
+
+
+@dataclass
+class AnomalyOutput:
+    """maps: float [B, H, W] (higher = more anomalous); scores: float [B] slice scores, or None for the
+    harness's default (99th percentile of the map inside the brain)."""
+
+    maps: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+class FitLog(Protocol):
+    """Handed to :meth:`Method.fit`."""
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        """Record a training curve point (tracked as ``train/<name>``)."""
+
+    def evaluate(self, step: int) -> float:
+        """Predict on the validation volumes, score them with masks the method never holds, report the
+        value to the pruner when tuning, and return it (the objective, ``val/auprc`` by default)."""
+
+    def artifact_image(self, name: str, image) -> None:
+        """Store a PNG (a uint8 array [H, W] or [H, W, 3]) with the run."""
+
+
+class NullLog:
+    """A FitLog that records nothing; for using a method outside the harness."""
+
+    def metric(self, name, value, step=None):
+        pass
+
+    def evaluate(self, step):
+        return float("nan")
+
+    def artifact_image(self, name, image):
+        pass
+
+
+class Method(abc.ABC):
+    """Base class of every anomaly detection method.
+
+    Subclasses set ``name``, ``description`` (one line), ``supervision``, ``Config`` (a dataclass of
+    hyperparameters with typed defaults) and ``profiles`` (``smoke``, ``demo``, ``quick``, ``paper``:
+    each a dict of Config overrides). ``fit`` trains; ``predict`` is inference only. The harness does
+    not wrap ``predict`` in ``no_grad``: methods turn gradients off where they can.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    supervision: ClassVar[Supervision]
+    Config: ClassVar[type]
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "demo": {}, "quick": {}, "paper": {}}
+    dims: ClassVar[int] = 2
+
+    def __init__(self, config, device: torch.device | str = "cpu", modalities: tuple[str, ...] = ()):
+        self.config = config
+        self.device = torch.device(device)
+        self.modalities = tuple(modalities)
+
+    @classmethod
+    def make_config(cls, profile: str = "quick", overrides: dict[str, Any] | None = None):
+        """Config from the class defaults, then the profile, then ``overrides`` (values already typed)."""
+        if profile not in cls.profiles:
+            raise KeyError(f"method {cls.name!r} has no profile {profile!r}; it has {sorted(cls.profiles)}")
+        values = {**cls.profiles[profile], **(overrides or {})}
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise KeyError(f"method {cls.name!r} has no hyperparameter {unknown}; it has {sorted(names)}")
+        return cls.Config(**values)
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        """Optuna: the hyperparameters worth tuning, as Config overrides."""
+        return {}
+
+    @abc.abstractmethod
+    def fit(self, train: SliceSet, val: SliceSet, log: FitLog) -> None: ...
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor) -> AnomalyOutput: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

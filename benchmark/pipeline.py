@@ -1,0 +1,149 @@
+"""From an adapter to what methods and the evaluation see (design §1, §4).
+
+The crop box is fitted on the training cases only, and test cases are loaded only by
+:meth:`PreparedDataset.test_cases`, which the runner calls after ``fit`` for the final evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesionbench.config import DataConfig, stable_hash
+from lesionbench.method import SliceSet, Supervision
+from lesionbench.preprocessing import Geometry, PreparedCase, prepare_case
+from lesionbench.splits import cases_in
+from lesionbench.volume import DataError, DatasetAdapter, Volume
+
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+#: DataConfig fields that change preprocessing (and so the cache key and the cell).
+PREPROCESSING_KEYS = ("modalities", "size", "min_lesion_voxels", "clip_low", "clip_high")
+
+
+class PreparedDataset:
+    def __init__(self, adapter: DatasetAdapter, data: DataConfig, split: dict[str, str], cache_dir: Path):
+        self.adapter = adapter
+        self.name = adapter.name
+        self.data = data
+        self.split = split
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, PreparedCase] = {}
+        self.cache_hits = 0
+        self.geometry, self.modalities, prepared = self._fit_geometry()
+        for case in prepared:  # training cases prepared while fitting the geometry
+            self._store(case, prepared[case])
+
+    # -- geometry and caching -------------------------------------------------------------------
+    def _load_volume(self, case: str) -> Volume:
+        try:
+            volume = self.adapter.load(case)
+        except DataError:
+            raise
+        except Exception as exc:  # adapters' own errors get the case named
+            raise DataError(f"dataset {self.name}, case {case}: {type(exc).__name__}: {exc}") from exc
+        if self.data.modalities:
+            volume = volume.select(tuple(self.data.modalities))
+        return volume
+
+    def _fit_geometry(self) -> tuple[Geometry, tuple[str, ...], dict[str, PreparedCase]]:
+        train = cases_in(self.split, "train")
+        key = stable_hash(["geometry", CACHE_FORMAT, [self.adapter.fingerprint(c) for c in train], self.data.size, list(self.data.modalities)])
+        path = self.cache_dir / f"geometry-{key}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"]), {}
+        volumes = {c: self._load_volume(c) for c in train}
+        modalities = next(iter(volumes.values())).modalities
+        geometry = Geometry.fit([v.brain for v in volumes.values()], self.data.size)
+        # prepare now: the raw volumes are already loaded
+        prepared = {case: self._prepare(volume, geometry, modalities) for case, volume in volumes.items()}
+        _atomic_write_text(path, json.dumps({"geometry": geometry.to_dict(), "modalities": list(modalities)}))
+        return geometry, modalities, prepared
+
+    def _prepare(self, volume: Volume, geometry: Geometry, modalities: tuple[str, ...]) -> PreparedCase:
+        if volume.modalities != modalities:
+            raise DataError(f"dataset {self.name}, case {volume.case_id}: modalities {volume.modalities} differ from the dataset's {modalities}")
+        return prepare_case(volume, geometry, self.data)
+
+    @property
+    def preprocessing(self) -> dict:
+        """Everything that defines the preprocessed data (logged; part of the cell)."""
+        data = asdict(self.data)
+        return {
+            "adapter": self.name,
+            "adapter_options": {k: str(v) for k, v in sorted(self.adapter.options.items())},
+            **{k: (list(data[k]) if isinstance(data[k], tuple) else data[k]) for k in PREPROCESSING_KEYS},
+            "modalities": list(self.modalities),
+            "geometry": self.geometry.to_dict(),
+            "format": CACHE_FORMAT,
+        }
+
+    def _case_path(self, case: str) -> Path:
+        key = stable_hash([self.adapter.fingerprint(case), self.preprocessing])
+        return self.cache_dir / f"{self.name}-{case}-{key}.npz"
+
+    def _store(self, case: str, prepared: PreparedCase) -> None:
+        self._cache[case] = prepared
+        path = self._case_path(case)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, image=prepared.image, brain=prepared.brain, lesion=prepared.lesion, labels=prepared.labels)
+        os.replace(tmp, path)
+
+    def case(self, case: str) -> PreparedCase:
+        if case in self._cache:
+            return self._cache[case]
+        path = self._case_path(case)
+        if path.exists():
+            with np.load(path) as z:
+                prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities)
+            self.cache_hits += 1
+            self._cache[case] = prepared
+            return prepared
+        prepared = self._prepare(self._load_volume(case), self.geometry, self.modalities)
+        self._store(case, prepared)
+        return prepared
+
+    # -- what the method and the evaluation see --------------------------------------------------
+    def slice_set(self, part: str, supervision: Supervision) -> SliceSet:
+        """Training or validation slices for a method: no lesion mask, no adapter, no path."""
+        if part not in ("train", "val"):
+            raise ValueError(f"methods see only the train and val splits, not {part!r}")
+        images, labels, brains = [], [], []
+        min_brain = self.data.min_brain_fraction * self.data.size**2
+        for case in cases_in(self.split, part):
+            prepared = self.case(case)
+            keep = (prepared.labels >= 0) & (prepared.brain.sum(axis=(1, 2)) >= min_brain)
+            if supervision is Supervision.NONE:
+                keep &= prepared.labels == 0
+            images.append(prepared.image[:, keep].transpose(1, 0, 2, 3))
+            labels.append(prepared.labels[keep].astype(np.int64))
+            brains.append(prepared.brain[keep])
+        if not images:
+            c, s = len(self.modalities), self.data.size
+            return SliceSet(torch.zeros(0, c, s, s), torch.zeros(0, dtype=torch.long), torch.zeros(0, s, s, dtype=torch.bool), self.modalities)
+        return SliceSet(
+            torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
+            torch.from_numpy(np.concatenate(labels)),
+            torch.from_numpy(np.concatenate(brains)),
+            self.modalities,
+        )
+
+    def val_cases(self) -> list[PreparedCase]:
+        return [self.case(c) for c in cases_in(self.split, "val")]
+
+    def test_cases(self) -> list[PreparedCase]:
+        """The test split: for the final evaluation only."""
+        return [self.case(c) for c in cases_in(self.split, "test")]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""Preprocessing done by the harness for every adapter (design §4): per-volume normalisation inside the
+brain, one crop box and one scale per dataset, masks downsampled by area fraction, slice labels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lesionbench.volume import DataError, Volume
+
+AMBIGUOUS = -1  # slice label: some lesion voxels, fewer than min_lesion_voxels
+
+
+def normalise(image: np.ndarray, brain: np.ndarray, clip_low: float, clip_high: float) -> np.ndarray:
+    """Per channel: clip to the [clip_low, clip_high] percentiles of brain voxels, scale to [0, 1]; 0 outside."""
+    out = np.zeros_like(image, dtype=np.float32)
+    for c, channel in enumerate(image):
+        values = channel[brain]
+        lo, hi = np.percentile(values, [clip_low, clip_high])
+        scale = hi - lo if hi > lo else 1.0
+        out[c] = np.where(brain, (np.clip(channel, lo, hi) - lo) / scale, 0.0)
+    return out
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One in-plane crop box (square, in source voxels; may extend past the image: zero padding) and one
+    output size for the whole dataset. The axial axis is not resampled."""
+
+    source_hw: tuple[int, int]
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1
+    size: int
+
+    @property
+    def scale(self) -> float:
+        return self.size / (self.box[1] - self.box[0])
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(tuple(d["source_hw"]), tuple(d["box"]), int(d["size"]))
+
+    @classmethod
+    def fit(cls, brains: list[np.ndarray], size: int, margin: int = 2) -> "Geometry":
+        """The square box around the union of the given brain masks (the training cases), never smaller than
+        ``size`` (no upsampling)."""
+        shapes = {b.shape[1:] for b in brains}
+        if len(shapes) != 1:
+            raise DataError(f"cases have different in-plane shapes {sorted(shapes)}: one crop box needs one grid")
+        (h, w), union = shapes.pop(), np.zeros(brains[0].shape[1:], bool)
+        for b in brains:
+            union |= b.any(axis=0)
+        ys, xs = np.nonzero(union)
+        side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) + 2 * margin
+        side = max(side, size)
+        cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
+        y0, x0 = cy - side // 2, cx - side // 2
+        return cls((h, w), (int(y0), int(y0 + side), int(x0), int(x0 + side)), int(size))
+
+    def _crop(self, arr: np.ndarray) -> np.ndarray:
+        """arr [..., H, W] -> [..., side, side] with zero padding outside the image."""
+        if arr.shape[-2:] != self.source_hw:
+            raise DataError(f"in-plane shape {arr.shape[-2:]} differs from the dataset's grid {self.source_hw}")
+        y0, y1, x0, x1 = self.box
+        h, w = self.source_hw
+        pad = [(0, 0)] * (arr.ndim - 2) + [(max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w))]
+        arr = np.pad(arr, pad)
+        oy, ox = max(0, -y0), max(0, -x0)
+        return arr[..., y0 + oy : y1 + oy, x0 + ox : x1 + ox]
+
+    def resample_image(self, image: np.ndarray) -> np.ndarray:
+        """[C, D, H, W] -> [C, D, size, size] (antialiased bilinear)."""
+        crop = torch.from_numpy(np.ascontiguousarray(self._crop(image), dtype=np.float32))
+        if crop.shape[-1] == self.size:
+            return crop.numpy()
+        c, d = crop.shape[:2]
+        out = F.interpolate(crop.reshape(c * d, 1, *crop.shape[-2:]), size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return out.reshape(c, d, self.size, self.size).numpy()
+
+    def resample_mask(self, mask: np.ndarray) -> np.ndarray:
+        """[D, H, W] bool -> [D, size, size] bool by area fraction >= 0.5."""
+        crop = self._crop(mask.astype(np.float32))
+        if crop.shape[-1] == self.size:
+            return crop > 0.5
+        t = torch.from_numpy(np.ascontiguousarray(crop))[:, None]
+        return (F.interpolate(t, size=(self.size, self.size), mode="area")[:, 0] >= 0.5).numpy()
+
+
+def slice_labels(lesion: np.ndarray, brain: np.ndarray, min_lesion_voxels: int) -> np.ndarray:
+    """Per axial slice: 1 lesion (>= min_lesion_voxels lesion voxels in the brain), 0 healthy, -1 ambiguous."""
+    counts = (lesion & brain).sum(axis=(1, 2))
+    labels = np.where(counts >= min_lesion_voxels, 1, np.where(counts > 0, AMBIGUOUS, 0))
+    return labels.astype(np.int8)
+
+
+@dataclass
+class PreparedCase:
+    """One preprocessed subject in the dataset's resampled grid (harness-internal: holds the lesion mask)."""
+
+    case_id: str
+    image: np.ndarray  # float32 [C, D, S, S], in [0, 1] in the brain
+    brain: np.ndarray  # bool [D, S, S]
+    lesion: np.ndarray  # bool [D, S, S]
+    labels: np.ndarray  # int8 [D]
+    modalities: tuple[str, ...]
+
+    @property
+    def brain_slices(self) -> np.ndarray:
+        """Indices of slices holding brain: the ones predicted and evaluated."""
+        return np.nonzero(self.brain.any(axis=(1, 2)))[0]
+
+
+def prepare_case(volume: Volume, geometry: Geometry, data) -> PreparedCase:
+    """Normalise in the source grid, then crop and scale with the dataset's geometry."""
+    try:
+        image = normalise(volume.image, volume.brain, data.clip_low, data.clip_high)
+        image = geometry.resample_image(image)
+        brain = geometry.resample_mask(volume.brain)
+        lesion = geometry.resample_mask(volume.lesion) if volume.lesion is not None else np.zeros_like(brain)
+    except DataError as exc:
+        raise DataError(f"case {volume.case_id}: {exc}") from None
+    image[:, ~brain] = 0.0
+    lesion &= brain
+    return PreparedCase(volume.case_id, image, brain, lesion, slice_labels(lesion, brain, data.min_lesion_voxels), volume.modalities)

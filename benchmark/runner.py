@@ -1,0 +1,407 @@
+"""``lesionbench run``: a grid of methods x datasets x seeds, one tracked MLflow run per cell (design §6)."""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import lesionbench
+from lesionbench import metrics as M
+from lesionbench.config import (
+    ConfigError,
+    DataConfig,
+    config_dict,
+    flatten,
+    load_config_file,
+    parse_set,
+    resolve_data_config,
+    stable_hash,
+    sweep_overrides,
+    typed_overrides,
+)
+from lesionbench.method import Method, SliceSet
+from lesionbench.pipeline import PreparedDataset
+from lesionbench.plugins import Plugins
+from lesionbench.preprocessing import PreparedCase
+from lesionbench.seeding import seed_everything
+from lesionbench.splits import make_split, read_split, split_hash, write_split
+from lesionbench.volume import DataError
+
+#: Objectives of log.evaluate that need validation voxel masks (tag uses_val_voxel_labels).
+SLICE_LEVEL_OBJECTIVES = ("slice_auroc", "slice_ap")
+DEFAULT_SCORE_PERCENTILE = 99.0
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class Variant:
+    """One method configuration of the grid; ``label`` is its row name in tables."""
+
+    method: type[Method]
+    label: str
+    overrides: dict[str, Any]
+    config: Any
+
+
+def method_variants(method_cls: type[Method], profile: str, file_table: dict, set_options) -> list[Variant]:
+    table = dict(file_table)
+    label = table.pop("label", None)
+    base = typed_overrides(method_cls.Config, table, method_cls.name)
+    variants = []
+    sweeps = sweep_overrides(method_cls.Config, set_options, method_cls.name)
+    for sweep in sweeps:
+        overrides = {**base, **sweep}
+        try:
+            config = method_cls.make_config(profile, overrides)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(str(exc).strip("'\"")) from None
+        name = label or method_cls.name
+        if len(sweeps) > 1:  # each swept value is its own row
+            name += "[" + ",".join(f"{k}={_short(v)}" for k, v in sweep.items()) + "]"
+        variants.append(Variant(method_cls, name, overrides, config))
+    return variants
+
+
+def _short(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def make_adapter(cls, root: str | None, data: DataConfig):
+    """Instantiate an adapter, passing the ``data.*`` settings its constructor accepts."""
+    params = inspect.signature(cls.__init__).parameters
+    options = {k: v for k, v in config_dict(data).items() if k in params and k != "root"}
+    if cls.needs_root and root is None:
+        raise ConfigError(f"dataset {cls.name!r} reads files: give --root {cls.name}=PATH")
+    return cls(root=root, **options)
+
+
+def dataset_split(adapter, data: DataConfig, split_seed: int, split_file: str | None) -> dict[str, str]:
+    cases = adapter.cases()
+    if not cases:
+        raise DataError(f"dataset {adapter.name}: no cases found" + (f" under {adapter.root}" if adapter.root else ""))
+    if split_file:
+        return read_split(split_file, cases)
+    return make_split(cases, split_seed, data.val_fraction, data.test_fraction)
+
+
+# -- prediction and evaluation --------------------------------------------------------------------
+
+
+def predict_cases(method: Method, cases: list[PreparedCase], batch: int) -> tuple[list[M.ScoredVolume], int]:
+    """Predict every brain slice of each case, batched, and stack the maps back into volumes."""
+    scored, n_slices = [], 0
+    for case in cases:
+        idx = case.brain_slices
+        images = torch.from_numpy(np.ascontiguousarray(case.image[:, idx].transpose(1, 0, 2, 3)))
+        maps, scores = [], []
+        for start in range(0, len(idx), batch):
+            chunk = images[start : start + batch].to(method.device)
+            out = method.predict(chunk)
+            m = out.maps.detach().float().cpu()
+            if m.shape != (chunk.shape[0], *chunk.shape[2:]):
+                raise RuntimeError(f"method {method.name!r} returned maps of shape {tuple(m.shape)} for input {tuple(chunk.shape)}; expected [B, H, W]")
+            if not torch.isfinite(m).all():
+                raise RuntimeError(f"method {method.name!r} returned NaN/Inf in its map for case {case.case_id}")
+            maps.append(m.numpy())
+            scores.append(None if out.scores is None else out.scores.detach().float().cpu().numpy())
+        map_volume = np.concatenate(maps)
+        brain = case.brain[idx]
+        if any(s is None for s in scores):
+            slice_scores = np.array([np.percentile(m[b], DEFAULT_SCORE_PERCENTILE) for m, b in zip(map_volume, brain)])
+        else:
+            slice_scores = np.concatenate(scores)
+        scored.append(M.ScoredVolume(case.case_id, map_volume, brain, case.lesion[idx], slice_scores, case.labels[idx]))
+        n_slices += len(idx)
+    return scored, n_slices
+
+
+class HarnessLog:
+    """The FitLog handed to a method: training curves, and validation through the harness's masks."""
+
+    def __init__(self, run, method: Method, val_cases: list[PreparedCase], batch: int, objective: str,
+                 on_evaluate: Callable[[int, float], None] | None = None, on_step: Callable[[str], None] | None = None):
+        self.run, self.method, self.val_cases, self.batch = run, method, val_cases, batch
+        self.objective, self.on_evaluate, self.on_step = objective, on_evaluate, on_step
+        self.evaluations: list[tuple[int, float]] = []
+        self._last_step = -1
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.metric(f"train/{name}", value, step)
+        if self.on_step is not None:
+            self.on_step(f"step {step}: {name} {float(value):.4g}")
+
+    def evaluate(self, step: int) -> float:
+        scored, _ = predict_cases(self.method, self.val_cases, self.batch)
+        value = M.evaluate_split(scored).get(self.objective, float("nan")) if scored else float("nan")
+        self.evaluations.append((step, value))
+        if self.run is not None:
+            self.run.metric(f"fit/val_{self.objective}", value, step)
+        if self.on_evaluate is not None:
+            self.on_evaluate(step, value)  # the pruner may stop the trial here
+        return value
+
+    def artifact_image(self, name: str, image) -> None:
+        if self.run is None:
+            return
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.png"
+            Image.fromarray(np.asarray(image)).save(path)
+            self.run.artifact(path, "fit")
+
+    @property
+    def used_val_voxel_labels(self) -> bool:
+        return bool(self.evaluations) and self.objective not in SLICE_LEVEL_OBJECTIVES
+
+
+# -- the grid ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRequest:
+    methods: list[str] | None = None
+    datasets: list[str] = field(default_factory=lambda: ["synth-tumor", "synth-ms"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    profile: str | None = None
+    workdir: Path = Path("lesionbench-runs")
+    config_file: str | None = None
+    set_options: list[str] = field(default_factory=list)
+    device: str = "auto"
+    force: bool = False
+    split_seed: int = 0
+    split_files: dict[str, str] = field(default_factory=dict)  # dataset -> file ("*" for all)
+    roots: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str | None = None
+    experiment: str = "lesionbench"
+    objective: str = "auprc"
+
+
+@dataclass
+class CellResult:
+    label: str
+    dataset: str
+    seed: int
+    status: str  # "finished", "skipped", "failed"
+    run_id: str | None = None
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def check_workdir(workdir: Path) -> Path:
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to workdir {workdir}: {exc.strerror or exc}") from None
+    return workdir
+
+
+def plan(request: RunRequest, plugins: Plugins):
+    """Resolve and validate everything before any work starts: a bad name or value fails fast."""
+    file_cfg = load_config_file(request.config_file)
+    methods = request.methods
+    if not methods:
+        from_file = file_cfg.get("method")
+        methods = [from_file] if isinstance(from_file, str) else list(from_file or plugins.methods.names())
+    profile = request.profile or file_cfg.get("profile") or "quick"
+    method_classes = [plugins.methods.get(m) for m in methods]
+    dataset_classes = [plugins.datasets.get(d) for d in request.datasets]
+    set_options = parse_set(request.set_options)
+    known_ns = {"data", *methods}
+    for opt in set_options:
+        if opt.namespace not in known_ns:
+            raise ConfigError(f"--set {opt.namespace}.{opt.key}: {opt.namespace!r} is neither 'data' nor a method of this run ({', '.join(methods)})")
+    for key, value in file_cfg.items():
+        if isinstance(value, dict) and key not in known_ns:
+            raise ConfigError(f"config file {request.config_file}: table [{key}] is neither [data] nor a method of this run")
+    data = resolve_data_config(profile, file_cfg.get("data", {}), [o for o in set_options if o.namespace == "data"])
+    variants = []
+    for cls in method_classes:
+        variants += method_variants(cls, profile, file_cfg.get(cls.name, {}), [o for o in set_options if o.namespace == cls.name])
+    labels = [v.label for v in variants]
+    dupes = sorted({l for l in labels if labels.count(l) > 1})
+    if dupes:
+        raise ConfigError(f"two configurations share the label(s) {dupes}; give each its own `label`")
+    return profile, data, variants, dataset_classes
+
+
+def cell_hash(variant: Variant, dataset: PreparedDataset, split: dict, seed: int, eval_space: str) -> str:
+    return stable_hash([variant.method.name, config_dict(variant.config), dataset.preprocessing, split_hash(split), seed, eval_space], 16)
+
+
+def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lesionbench.tracking import Tracker, default_tracking_uri, git_commit
+
+    console = console or Console(stderr=True)
+    profile, data, variants, dataset_classes = plan(request, plugins)
+    workdir = check_workdir(request.workdir)
+    device = resolve_device(request.device)
+    uri = request.tracking_uri or default_tracking_uri(workdir)
+    tracker = Tracker(uri, request.experiment, workdir / "artifacts")
+    commit = git_commit()
+    results: list[CellResult] = []
+    eval_space = "resampled"
+
+    total = len(dataset_classes) * len(variants) * len(request.seeds)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), console=console, transient=False) as progress:
+        grid = progress.add_task("cells", total=total, status="")
+        for dcls in dataset_classes:
+            try:
+                adapter = make_adapter(dcls, request.roots.get(dcls.name), data)
+                split_file = request.split_files.get(dcls.name) or request.split_files.get("*")
+                split = dataset_split(adapter, data, request.split_seed, split_file)
+                split_path = write_split(split, workdir / "splits", dcls.name)
+                progress.update(grid, status=f"preparing {dcls.name}")
+                dataset = PreparedDataset(adapter, data, split, workdir / "cache")
+            except (DataError, ConfigError) as exc:
+                console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
+                for v in variants:
+                    for seed in request.seeds:
+                        results.append(CellResult(v.label, dcls.name, seed, "failed", error=str(exc)))
+                        progress.advance(grid)
+                continue
+            for variant in variants:
+                for seed in request.seeds:
+                    cell = cell_hash(variant, dataset, split, seed, eval_space)
+                    done = None if request.force else tracker.finished_run(cell)
+                    if done is not None:
+                        result = CellResult(variant.label, dcls.name, seed, "skipped", done.info.run_id)
+                    else:
+                        progress.update(grid, description=f"{variant.label} / {dcls.name} / seed {seed}", status="")
+                        result = run_cell(
+                            variant, dataset, split, split_path, seed, cell, tracker, device, profile, request,
+                            commit, eval_space,
+                            on_step=lambda s: progress.update(grid, status=s),
+                        )
+                        if result.status == "failed":
+                            console.print(f"[red]cell {variant.label} / {dcls.name} / seed {seed} failed: {result.error}[/red]")
+                    results.append(result)
+                    if on_cell:
+                        on_cell(result)
+                    progress.advance(grid)
+        progress.update(grid, description="cells", status="done")
+    return results
+
+
+def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path, seed: int, cell: str, tracker,
+             device: torch.device, profile: str, request: RunRequest, commit: str, eval_space: str,
+             on_step=None) -> CellResult:
+    cls = variant.method
+    tags = {
+        "method": cls.name, "label": variant.label, "dataset": dataset.name, "seed": seed,
+        "split_seed": request.split_seed if not (request.split_files.get(dataset.name) or request.split_files.get("*")) else "file",
+        "profile": profile, "run_kind": "run", "cell": cell, "eval_space": eval_space,
+        "uses_val_voxel_labels": "false", "version": lesionbench.__version__, "git_commit": commit, "device": str(device),
+    }
+    config = config_dict(variant.config)
+    params = {
+        **flatten(cls.name, config),
+        **flatten("data", {k: v for k, v in dataset.preprocessing.items() if k != "geometry"}),
+        "data.geometry": str(dataset.preprocessing["geometry"]),
+        "data.preprocessing_hash": stable_hash(dataset.preprocessing),
+        "split_hash": split_hash(split),
+        "config_hash": stable_hash([cls.name, config]),
+        "supervision": cls.supervision.value,
+        "objective": f"val/{request.objective}",
+    }
+    run = tracker.start(f"{variant.label}/{dataset.name}/seed{seed}", tags, params)
+    result = CellResult(variant.label, dataset.name, seed, "failed", run.run_id)
+    try:
+        seed_everything(seed)
+        method = cls(variant.config, device=device, modalities=dataset.modalities)
+        train = dataset.slice_set("train", cls.supervision)
+        val = dataset.slice_set("val", cls.supervision)
+        if len(train) == 0:
+            raise DataError(f"dataset {dataset.name}: no training slices for a {cls.supervision.value}-supervised method")
+        val_cases = dataset.val_cases()
+        log = HarnessLog(run, method, val_cases, dataset.data.predict_batch, request.objective, on_step=on_step)
+        t0 = time.perf_counter()
+        method.fit(train, val, log)
+        fit_s = time.perf_counter() - t0
+        run.tag("uses_val_voxel_labels", str(log.used_val_voxel_labels).lower())
+
+        seed_everything(seed)  # stochastic inference (sampling) is seeded too
+        val_scored, _ = predict_cases(method, val_cases, dataset.data.predict_batch)
+        test_cases = dataset.test_cases()  # the only place the test split is opened
+        t0 = time.perf_counter()
+        test_scored, n_test_slices = predict_cases(method, test_cases, dataset.data.predict_batch)
+        predict_s = time.perf_counter() - t0
+        evaluation = M.evaluate(test_scored, val_scored)
+        metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
+        metrics.update({f"val/{k}": v for k, v in evaluation.val.items()})
+        metrics.update({"time/fit_s": fit_s, "time/predict_s_per_slice": predict_s / max(n_test_slices, 1)})
+        metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
+        run.metrics(metrics)
+        for message in evaluation.warnings:
+            run.tag("warning." + stable_hash(message, 6), message[:500])
+            if on_step:
+                on_step(message)
+        _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method)
+        run.finish("FINISHED")
+        result.status, result.metrics = "finished", metrics
+    except Exception as exc:  # one failing cell must not lose the others
+        result.error = f"{type(exc).__name__}: {exc}"
+        try:
+            run.tag("error", result.error[:5000])
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "traceback.txt"
+                path.write_text(traceback.format_exc())
+                run.artifact(path)
+        finally:
+            run.finish("FAILED")
+    return result
+
+
+def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method):
+    import tomli_w
+    from PIL import Image
+
+    from lesionbench.figures import qualitative_grid
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cfg = {
+            "method": variant.method.name, "label": variant.label, "profile": profile, "seed": seed,
+            "dataset": dataset.name, variant.method.name: config_dict(variant.config),
+            "data": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config_dict(dataset.data).items()},
+        }
+        (tmp / "config.toml").write_text(tomli_w.dumps(cfg))
+        evaluation.per_volume.to_csv(tmp / "per_volume.csv", index=False)
+        arrays = {}
+        for sv in test_scored:  # what is needed to recompute pooled metrics on any subset of volumes
+            arrays[f"{sv.case_id}/map"] = sv.map.astype(np.float16)
+            arrays[f"{sv.case_id}/brain"] = sv.brain
+            arrays[f"{sv.case_id}/lesion"] = sv.lesion
+            arrays[f"{sv.case_id}/slice_scores"] = sv.slice_scores.astype(np.float32)
+            arrays[f"{sv.case_id}/slice_labels"] = sv.slice_labels
+        np.savez_compressed(tmp / "scores.npz", **arrays)
+        channel = dataset.modalities.index("flair") if "flair" in dataset.modalities else 0
+        Image.fromarray(qualitative_grid(test_cases, test_scored, channel)).save(tmp / "grid.png")
+        for name in ("config.toml", "per_volume.csv", "scores.npz", "grid.png"):
+            run.artifact(tmp / name)
+        run.artifact(split_path)

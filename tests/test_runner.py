@@ -1,0 +1,185 @@
+"""End to end through the CLI and the runner: tracking keys, skipping, reproducibility, failures, guarantees."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import SpyMethod, ToyAdapter
+from lesionbench.cli import main
+from lesionbench.method import SliceSet
+from lesionbench.runner import RunRequest, run_grid
+from lesionbench.tracking import RUN_TAGS
+
+METRIC_KEYS = ["auprc", "auroc", "dice_best", "dice_val", "dice_val_vol_mean", "dice_val_vol_std", "dice_fpr5", "slice_auroc", "slice_ap"]
+
+
+def _runs(workdir, **filters):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lesionbench")
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def intensity_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    code = main(["run", "--methods", "intensity", "--datasets", "synth-ms", "--profile", "smoke", "--seeds", "0", "1",
+                 "--workdir", str(workdir), "--device", "cpu"])
+    return workdir, code
+
+
+def test_run_tracks_one_run_per_cell_with_the_exact_keys(intensity_run):
+    workdir, code = intensity_run
+    assert code == 0
+    client, runs = _runs(workdir)
+    assert len(runs) == 2
+    run = runs[0]
+    assert set(RUN_TAGS) <= set(run.data.tags)
+    assert run.data.tags["run_kind"] == "run" and run.data.tags["method"] == "intensity"
+    assert run.data.tags["eval_space"] == "resampled" and run.data.tags["profile"] == "smoke"
+    assert run.data.tags["uses_val_voxel_labels"] == "false"  # intensity never calls log.evaluate
+    for key in METRIC_KEYS:
+        assert f"test/{key}" in run.data.metrics, key
+    assert {"time/fit_s", "time/predict_s_per_slice", "val/auprc"} <= set(run.data.metrics)
+    assert {"intensity.modality", "split_hash", "data.size", "config_hash"} <= set(run.data.params)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.toml", "per_volume.csv", "scores.npz", "grid.png"} <= artifacts
+    assert any(a.startswith("synth-ms-") and a.endswith(".json") for a in artifacts)
+    # intensity has no randomness: both seeds give the same numbers
+    assert runs[0].data.metrics["test/auprc"] == runs[1].data.metrics["test/auprc"]
+
+
+def test_stored_maps_recompute_the_pooled_metrics(intensity_run):
+    from lesionbench.metrics import average_precision
+
+    workdir, _ = intensity_run
+    client, runs = _runs(workdir)
+    path = client.download_artifacts(runs[0].info.run_id, "scores.npz", str(workdir / "dl"))
+    with np.load(path) as z:
+        cases = sorted({k.split("/")[0] for k in z.files})
+        scores = np.concatenate([z[f"{c}/map"][z[f"{c}/brain"]] for c in cases]).astype(np.float64)
+        labels = np.concatenate([z[f"{c}/lesion"][z[f"{c}/brain"]] for c in cases])
+    # maps are stored in float16: AP from them agrees to float16 rounding
+    assert average_precision(scores, labels) == pytest.approx(runs[0].data.metrics["test/auprc"], abs=5e-3)
+
+
+def test_finished_cells_are_skipped_unless_forced(intensity_run, capsys):
+    workdir, _ = intensity_run
+    args = ["run", "--methods", "intensity", "--datasets", "synth-ms", "--profile", "smoke", "--seeds", "0",
+            "--workdir", str(workdir), "--device", "cpu"]
+    assert main(args) == 0
+    assert "0 cells run, 1 skipped" in capsys.readouterr().err
+    assert len(_runs(workdir)[1]) == 2
+    assert main(args + ["--force"]) == 0
+    assert len(_runs(workdir)[1]) == 3
+
+
+def test_leaderboard_reprints_from_mlflow(intensity_run, capsys):
+    workdir, _ = intensity_run
+    assert main(["leaderboard", "--workdir", str(workdir), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| intensity"))
+    client, runs = _runs(workdir)
+    auprc = runs[0].data.metrics["test/auprc"]
+    assert f"{auprc:.3f}" in row  # both seeds equal: std 0
+    assert "upper bound" in out
+
+
+def test_same_seed_same_numbers_for_a_trained_method(tmp_path):
+    results = []
+    for i in range(2):
+        workdir = tmp_path / f"w{i}"
+        assert main(["run", "--methods", "vae", "--datasets", "synth-tumor", "--profile", "smoke", "--seeds", "3",
+                     "--workdir", str(workdir), "--device", "cpu"]) == 0
+        results.append(_runs(workdir)[1][0].data.metrics)
+    keys = [k for k in results[0] if k.startswith(("test/", "val/"))]
+    assert keys and all(results[0][k] == results[1][k] for k in keys)
+
+
+def test_methods_never_see_masks_or_the_test_split(tmp_path, toy_plugins):
+    request = RunRequest(methods=["spy"], datasets=["toy"], profile="smoke", workdir=tmp_path, device="cpu",
+                         set_options=["data.size=16", "data.val_fraction=0.2", "data.test_fraction=0.3"])
+    [result] = run_grid(request, toy_plugins)
+    assert result.status == "finished", result.error
+    seen = SpyMethod.seen
+    assert type(seen["train"]) is SliceSet and type(seen["val"]) is SliceSet
+    split = json.loads(next((tmp_path / "splits").glob("toy-*.json")).read_text())
+    test_cases = {c for c, p in split.items() if p == "test"}
+    loaded_before_fit = {case for _, case in seen["loaded_at_fit"]}
+    assert loaded_before_fit and not test_cases & loaded_before_fit
+    events = ToyAdapter.events
+    fit_at = events.index(("fit", None))
+    assert test_cases == {case for _, case in events[fit_at:]}  # opened only after fit, for evaluation
+    assert 0 < seen["val_value"] <= 1  # log.evaluate scored validation with masks the method never held
+    client, runs = _runs(tmp_path)
+    assert runs[0].data.tags["uses_val_voxel_labels"] == "true"
+
+
+def test_a_failing_cell_is_recorded_and_the_others_complete(tmp_path, toy_plugins, capsys):
+    class Boom(SpyMethod):
+        name = "boom"
+
+        def fit(self, train, val, log):
+            raise RuntimeError("exploded on purpose")
+
+    toy_plugins.methods.add(Boom)
+    request = RunRequest(methods=["boom", "spy"], datasets=["toy"], profile="smoke", workdir=tmp_path, device="cpu",
+                         set_options=["data.size=16"])
+    results = run_grid(request, toy_plugins)
+    assert [r.status for r in results] == ["failed", "finished"]
+    assert "exploded on purpose" in results[0].error
+    client, runs = _runs(tmp_path)
+    statuses = {r.data.tags["method"]: r.info.status for r in runs}
+    assert statuses == {"boom": "FAILED", "spy": "FINISHED"}
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "nope"], "unknown method 'nope'; known:"),
+        (["--datasets", "synth-nope"], "unknown dataset 'synth-nope'"),
+        (["--set", "intensity.modality=t9", "--methods", "intensity"], "modality 't9'"),
+        (["--set", "vae.bogus=1", "--methods", "vae"], "unknown key"),
+        (["--set", "vea.lr=1", "--methods", "vae"], "'vea' is neither 'data' nor a method"),
+        (["--config", "/nonexistent/cfg.toml"], "config file /nonexistent/cfg.toml does not exist"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message):
+    code = main(["run", "--profile", "smoke", "--workdir", str(tmp_path / "w"), "--device", "cpu", "--datasets", "synth-ms", *args])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert message in captured.err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere: the unwritable workdir cannot be made")
+def test_unwritable_workdir(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    assert main(["run", "--methods", "intensity", "--profile", "smoke", "--workdir", str(locked / "w")]) == 2
+    assert "cannot write to workdir" in capsys.readouterr().err
+
+
+def test_workdir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--methods", "intensity", "--profile", "smoke", "--workdir", str(blocker / "w")]) == 2
+    assert f"cannot write to workdir {blocker / 'w'}" in capsys.readouterr().err
+
+
+def test_config_file_and_sweep_make_labelled_cells(tmp_path, capsys):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('method = ["intensity"]\nprofile = "smoke"\n[intensity]\nlabel = "t2-intensity"\nmodality = "t2"\n')
+    assert main(["run", "--config", str(cfg), "--datasets", "synth-ms", "--workdir", str(tmp_path / "w"), "--device", "cpu"]) == 0
+    _, runs = _runs(tmp_path / "w")
+    assert [(r.data.tags["label"], r.data.params["intensity.modality"], r.data.tags["profile"]) for r in runs] == [("t2-intensity", "t2", "smoke")]
+    assert main(["run", "--methods", "intensity", "--set", "intensity.modality=flair,t2", "--profile", "smoke",
+                 "--datasets", "synth-ms", "--workdir", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    _, runs = _runs(tmp_path / "s")
+    assert sorted(r.data.tags["label"] for r in runs) == ["intensity[modality=flair]", "intensity[modality=t2]"]
+    t2, flair = sorted(runs, key=lambda r: r.data.tags["label"], reverse=True)
+    assert t2.data.metrics["test/auprc"] != flair.data.metrics["test/auprc"]
