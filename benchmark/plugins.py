@@ -118,7 +118,7 @@ def load_plugins(strict: bool | None = None, autoload: bool | None = None) -> Pl
         (pm.hook.lesionbench_register_methods, plugins.methods),
         (pm.hook.lesionbench_register_datasets, plugins.datasets),
     ):
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # in registration order: built-ins first
             registry.current_plugin = impl.plugin_name
             try:
                 impl.function(registry=registry)

@@ -112,7 +112,7 @@ def test_methods_never_see_masks_or_the_test_split(tmp_path, toy_plugins):
     assert loaded_before_fit and not test_cases & loaded_before_fit
     events = ToyAdapter.events
     fit_at = events.index(("fit", None))
-    assert test_cases == {case for _, case in events[fit_at:]}  # opened only after fit, for evaluation
+    assert test_cases == {case for _, case in events[fit_at + 1 :]}  # opened only after fit, for evaluation
     assert 0 < seen["val_value"] <= 1  # log.evaluate scored validation with masks the method never held
     client, runs = _runs(tmp_path)
     assert runs[0].data.tags["uses_val_voxel_labels"] == "true"
