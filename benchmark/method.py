@@ -6,7 +6,7 @@ import abc
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
@@ -68,6 +68,12 @@ class FitLog(Protocol):
     def artifact_image(self, name: str, image) -> None:
         """Store a PNG (a uint8 array [H, W] or [H, W, 3]) with the run."""
 
+    def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
+        """A trained part (e.g. a DDPM, a classifier) as a state dict, trained by ``train()`` only when no
+        cache entry exists for (part, key, the data and split, the run seed). ``key`` holds the part's
+        own hyperparameters (not the whole config), so variants sharing the part do not retrain it.
+        The state dict must hold tensors and plain Python values (loaded with ``weights_only=True``)."""
+
 
 class NullLog:
     """A FitLog that records nothing; for using a method outside the harness."""
@@ -80,6 +86,9 @@ class NullLog:
 
     def artifact_image(self, name, image):
         pass
+
+    def cached(self, part, key, train):
+        return train()
 
 
 class Method(abc.ABC):

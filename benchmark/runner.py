@@ -135,8 +135,11 @@ class HarnessLog:
     """The FitLog handed to a method: training curves, and validation through the harness's masks."""
 
     def __init__(self, run, method: Method, val_cases: list[PreparedCase], batch: int, objective: str,
-                 on_evaluate: Callable[[int, float], None] | None = None, on_step: Callable[[str], None] | None = None):
+                 on_evaluate: Callable[[int, float], None] | None = None, on_step: Callable[[str], None] | None = None,
+                 parts_dir: Path | None = None, parts_key: list | None = None):
         self.run, self.method, self.val_cases, self.batch = run, method, val_cases, batch
+        self.parts_dir, self.parts_key = parts_dir, parts_key
+        self.parts_reused: list[str] = []
         self.objective, self.on_evaluate, self.on_step = objective, on_evaluate, on_step
         self.evaluations: list[tuple[int, float]] = []
         self._last_step = -1
@@ -166,6 +169,24 @@ class HarnessLog:
             path = Path(tmp) / f"{name}.png"
             Image.fromarray(np.asarray(image)).save(path)
             self.run.artifact(path, "fit")
+
+    def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
+        """Trained parts cached by a hash of (method, part, its key, data, split, seed) (design §3)."""
+        if self.parts_dir is None:
+            return train()
+        digest = stable_hash([self.method.name, part, key, self.parts_key], 20)
+        path = self.parts_dir / f"{self.method.name}-{part}-{digest}.pt"
+        if path.exists():
+            self.parts_reused.append(part)
+            if self.run is not None:
+                self.run.tag(f"reused.{part}", digest)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        state = train()
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return state
 
     @property
     def used_val_voxel_labels(self) -> bool:
@@ -339,7 +360,9 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
         if len(train) == 0:
             raise DataError(f"dataset {dataset.name}: no training slices for a {cls.supervision.value}-supervised method")
         val_cases = dataset.val_cases()
-        log = HarnessLog(run, method, val_cases, dataset.data.predict_batch, request.objective, on_step=on_step)
+        log = HarnessLog(run, method, val_cases, dataset.data.predict_batch, request.objective, on_step=on_step,
+                         parts_dir=request.workdir / "parts",
+                         parts_key=[dataset.preprocessing, split_hash(split), seed, str(device.type)])
         t0 = time.perf_counter()
         method.fit(train, val, log)
         fit_s = time.perf_counter() - t0
