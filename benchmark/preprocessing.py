@@ -91,6 +91,26 @@ class Geometry:
         return (F.interpolate(t, size=(self.size, self.size), mode="area")[:, 0] >= 0.5).numpy()
 
 
+    def to_native(self, maps: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """The inverse transform: [D, size, size] -> [D, H, W] in the source grid (bilinear), ``fill`` where
+        the crop box does not reach. The same transform serves ``--eval-native`` and ``--save-maps``."""
+        y0, y1, x0, x1 = self.box
+        side = y1 - y0
+        t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+        if side != self.size:
+            t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)
+        crop = t[:, 0].numpy()
+        h, w = self.source_hw
+        out = np.full((maps.shape[0], h, w), fill, np.float32)
+        ty0, ty1, tx0, tx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        out[:, ty0:ty1, tx0:tx1] = crop[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
+        return out
+
+    def mask_to_native(self, mask: np.ndarray) -> np.ndarray:
+        """[D, size, size] bool -> [D, H, W] bool (inverse of :meth:`resample_mask`: >= 0.5 after upsampling)."""
+        return self.to_native(mask.astype(np.float32), 0.0) >= 0.5
+
+
 def slice_labels(lesion: np.ndarray, brain: np.ndarray, min_lesion_voxels: int) -> np.ndarray:
     """Per axial slice: 1 lesion (>= min_lesion_voxels lesion voxels in the brain), 0 healthy, -1 ambiguous."""
     counts = (lesion & brain).sum(axis=(1, 2))

@@ -7,5 +7,12 @@ from lesionbench import hookimpl
 def lesionbench_register_datasets(registry):
     from lesionbench.datasets.synthetic import SynthMS, SynthTumor
 
+    from lesionbench.datasets.layout import BraTS, Nifti, OpenMS, shipped_layouts
+
     registry.add(SynthTumor)
     registry.add(SynthMS)
+    registry.add(BraTS)
+    registry.add(OpenMS)
+    registry.add(Nifti)
+    for layout in shipped_layouts():  # the example layout files, by name (brats2013-deepmedic, ...)
+        registry.add(layout)
