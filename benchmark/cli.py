@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a grid of methods x datasets x seeds, then print the leaderboard")
     r.add_argument("--methods", nargs="+", help="method names (default: from --config, else all registered)")
-    r.add_argument("--datasets", nargs="+", default=["synth-tumor", "synth-ms"])
+    r.add_argument("--datasets", nargs="+", default=["synth-tumor", "synth-ms"],
+                   help="dataset names (lesionbench list) or layout TOML files (the nifti adapter)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--profile", choices=("smoke", "demo", "quick", "paper"), help="default: from --config, else quick")
     r.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--experiment", default="lesionbench")
     r.add_argument("--objective", default="auprc", help="validation key that log.evaluate returns (slice_auroc: fully weakly supervised)")
     r.add_argument("--metrics", nargs="+", default=None, help="leaderboard columns")
+    r.add_argument("--eval-native", action="store_true",
+                   help="evaluate in the source voxel grid through the inverse of crop and scale (eval_space=native)")
+    r.add_argument("--save-maps", type=Path, metavar="DIR",
+                   help="write the test maps as NIfTI in the source space (shape and affine of the source files)")
+    r.add_argument("--skip-bad", action="store_true", help="leave bad cases out (and report them) instead of refusing the dataset")
 
     lb = sub.add_parser("leaderboard", help="the leaderboard from tracked runs")
     lb.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
@@ -58,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", type=Path, help="write to this file instead of printing")
     lb.add_argument("--metrics", nargs="+", default=None)
     lb.add_argument("--datasets", nargs="+", default=None)
+    lb.add_argument("--eval-space", choices=("resampled", "native"), help="only runs evaluated in this space")
 
     cd = sub.add_parser("check-data", help="load every case of a dataset and check it")
-    cd.add_argument("--dataset", required=True)
+    cd.add_argument("--dataset", required=True, help="a dataset name or a layout TOML file")
     cd.add_argument("--root")
     cd.add_argument("--set", dest="set_options", action="append", default=[], metavar="data.KEY=VALUE")
     return p
@@ -100,13 +107,18 @@ def cmd_list(args) -> int:
     return 0
 
 
-def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None) -> None:
+def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None,
+                      eval_space: str | None = None) -> None:
     from rich.console import Console
 
-    from lesionbench.leaderboard.tables import DEFAULT_METRICS, load_runs, render, rich_table
+    from lesionbench.leaderboard.tables import DEFAULT_METRICS, LeaderboardError, load_runs, render, rich_table
 
     metrics = metrics or DEFAULT_METRICS
     runs = load_runs(uri, experiment)
+    if eval_space is not None:  # tables never mix evaluation spaces
+        runs = runs[runs["tags.eval_space"] == eval_space]
+        if runs.empty:
+            raise LeaderboardError(f"no finished runs evaluated in the {eval_space} space")
     if fmt == "table" and out is None:
         Console(width=200).print(rich_table(runs, metrics, datasets))
         return
@@ -130,7 +142,7 @@ def cmd_run(args) -> int:
         config_file=args.config, set_options=args.set_options, device=args.device, force=args.force,
         split_seed=args.split_seed, split_files=_pairs(args.split, "--split", default_key="*"),
         roots=_pairs(args.root, "--root"), tracking_uri=args.tracking_uri, experiment=args.experiment,
-        objective=args.objective,
+        objective=args.objective, eval_native=args.eval_native, save_maps=args.save_maps, skip_bad=args.skip_bad,
     )
     console = Console(stderr=True)
     results = run_grid(request, plugins, console)
@@ -140,8 +152,11 @@ def cmd_run(args) -> int:
     skipped = sum(r.status == "skipped" for r in results)
     console.print(f"{done} cells run, {skipped} skipped (already finished; --force re-runs), {len(failed)} failed")
     if done + skipped:
-        print_leaderboard(uri, args.experiment, "table", args.metrics, args.datasets, None)
+        names = sorted({r.dataset for r in results if r.status != "failed"})
+        print_leaderboard(uri, args.experiment, "table", args.metrics, names, None, "native" if args.eval_native else "resampled")
     console.print(f"results: MLflow {uri} (experiment {args.experiment!r}); splits and cache under {args.workdir}")
+    if args.save_maps and done:
+        console.print(f"maps: NIfTI in the source space under {args.save_maps}")
     for r in failed:
         console.print(f"[red]failed: {r.label} / {r.dataset} / seed {r.seed}: {r.error}[/red]")
     return 1 if failed else 0
@@ -153,43 +168,76 @@ def cmd_leaderboard(args) -> int:
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
         raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
-    print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out)
+    print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space)
     return 0
 
 
 def cmd_check_data(args) -> int:
+    """Read every case in full and check it; a table per case, then the bad cases and a non-zero exit."""
+    import dataclasses
+
     import numpy as np
+    import scipy.ndimage as ndi
     from rich.console import Console
     from rich.table import Table
 
     from lesionbench.config import parse_set, resolve_data_config
-    from lesionbench.runner import make_adapter
+    from lesionbench.preprocessing import Geometry
+    from lesionbench.runner import data_for_dataset, make_adapter, resolve_dataset
+    from lesionbench.volume import DataError
 
     plugins = _plugins(args)
-    cls = plugins.datasets.get(args.dataset)
-    data = resolve_data_config("quick", {}, parse_set(args.set_options))
+    cls = resolve_dataset(args.dataset, plugins)
+    set_options = parse_set(args.set_options)
+    data = resolve_data_config("quick", {}, [o for o in set_options if o.namespace == "data"])
+    data = data_for_dataset(cls, data, {o.key for o in set_options})
     adapter = make_adapter(cls, args.root, data)
-    console = Console()
-    table = Table(title=f"{args.dataset}" + (f" ({args.root})" if args.root else ""))
-    for col in ("case", "modalities", "shape", "spacing", "brain voxels", "lesion voxels", "lesion slices"):
-        table.add_column(col)
-    bad = []
+    console = Console(width=200)
     cases = adapter.cases()
-    for case in cases:
-        try:
-            v = adapter.load(case)
+    if not cases:
+        console.print(f"[red]dataset {cls.name}: no cases found" + (f" under {adapter.root}" if adapter.root else "") + "[/red]")
+        return 1
+    table = Table(title=f"{cls.name}" + (f" ({adapter.root})" if adapter.root else ""))
+    for col in ("case", "modalities", "shape (DxHxW)", "spacing (mm)", "brain voxels", "lesion voxels", "lesion slices", "lesions"):
+        table.add_column(col)
+    bad, volumes = {}, {}
+    with console.status("reading cases") as status:
+        for case in cases:
+            status.update(f"reading {case}")
+            try:
+                v = adapter.load(case)
+                if v.lesion is not None and not (v.lesion & ~v.brain).sum() * 2 <= v.lesion.sum():
+                    raise DataError(f"case {case}: most lesion voxels lie outside the brain mask")
+            except DataError as exc:
+                bad[case] = str(exc)
+                table.add_row(case, "[red]bad[/]", "", "", "", "", "", "")
+                continue
             lesion = v.lesion if v.lesion is not None else np.zeros_like(v.brain)
+            volumes[case] = (v.brain, lesion)
             table.add_row(case, ",".join(v.modalities), "x".join(map(str, v.image.shape[1:])),
                           "x".join(f"{s:g}" for s in v.spacing), str(int(v.brain.sum())), str(int(lesion.sum())),
-                          str(int(lesion.any(axis=(1, 2)).sum())))
-        except Exception as exc:
-            bad.append((case, f"{type(exc).__name__}: {exc}"))
-            table.add_row(case, "[red]error[/]", "", "", "", "", "")
+                          str(int(lesion.any(axis=(1, 2)).sum())), str(ndi.label(lesion)[1]))
     console.print(table)
+    if volumes and len({b.shape[1:] for b, _ in volumes.values()}) == 1 and any(l.any() for _, l in volumes.values()):
+        # what the default resampling keeps of the lesions (one box fitted on all cases listed here)
+        geometry = Geometry.fit([b for b, _ in volumes.values()], data.size)
+        kept = Table(title=f"lesions through resampling at data.size={data.size} (box {geometry.box[1] - geometry.box[0]} px, scale {geometry.scale:.3f}) and back")
+        for col in ("case", "lesion voxels", "resampled voxels", "recovered voxels", "lesions", "lesions lost"):
+            kept.add_column(col)
+        for case, (brain, lesion) in volumes.items():
+            if not lesion.any():
+                continue
+            small = geometry.resample_mask(lesion)
+            back = geometry.mask_to_native(small) & lesion
+            components, n = ndi.label(lesion)
+            lost = n - len(set(np.unique(components[back]).tolist()) - {0})
+            kept.add_row(case, str(int(lesion.sum())), str(int(small.sum())),
+                         f"{int(back.sum())} ({back.sum() / lesion.sum():.1%})", str(n), str(lost))
+        console.print(kept)
     console.print(f"{len(cases) - len(bad)} of {len(cases)} cases OK")
-    for case, err in bad:
-        console.print(f"[red]bad case {case}: {err}[/red]")
-    return 1 if bad or not cases else 0
+    for case, err in bad.items():
+        console.print(f"[red]bad case {case}: {err}[/red]", soft_wrap=True)
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:

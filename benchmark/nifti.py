@@ -209,3 +209,11 @@ def write_like(data: np.ndarray, reference: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(type(img)(array, img.affine, header), str(out))
     return out
+
+
+def write_array(data: np.ndarray, out: Path, affine: np.ndarray | None = None) -> Path:
+    """Write a [D, H, W] array that has no source file (synthetic data) as NIfTI."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4) if affine is None else affine), str(out))
+    return out

@@ -2,6 +2,12 @@
 
 The crop box is fitted on the training cases only, and test cases are loaded only by
 :meth:`PreparedDataset.test_cases`, which the runner calls after ``fit`` for the final evaluation.
+
+Bad cases: before anything is loaded, every case of the split passes the adapter's header-level
+``check`` (when it has one: files present, not truncated, one grid), remembered per file fingerprint.
+Faults that need the voxels (NaN/Inf, an empty brain mask, unexpected labels) surface when a case is
+loaded. Either way the dataset refuses the case with a :class:`DataError` naming its file, or, with
+``skip_bad``, leaves it out and records why in :attr:`PreparedDataset.skipped`.
 """
 
 from __future__ import annotations
@@ -16,29 +22,70 @@ import torch
 
 from lesionbench.config import DataConfig, stable_hash
 from lesionbench.method import SliceSet, Supervision
-from lesionbench.preprocessing import Geometry, PreparedCase, prepare_case
+from lesionbench.preprocessing import Geometry, NativeMasks, PreparedCase, prepare_case
 from lesionbench.splits import cases_in
 from lesionbench.volume import DataError, DatasetAdapter, Volume
 
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning
 
 #: DataConfig fields that change preprocessing (and so the cache key and the cell).
 PREPROCESSING_KEYS = ("modalities", "size", "min_lesion_voxels", "clip_low", "clip_high")
 
 
 class PreparedDataset:
-    def __init__(self, adapter: DatasetAdapter, data: DataConfig, split: dict[str, str], cache_dir: Path):
+    def __init__(self, adapter: DatasetAdapter, data: DataConfig, split: dict[str, str], cache_dir: Path,
+                 skip_bad: bool = False):
         self.adapter = adapter
         self.name = adapter.name
         self.data = data
-        self.split = split
+        self.split = dict(split)
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, PreparedCase] = {}
         self.cache_hits = 0
+        self.skip_bad = skip_bad
+        self.skipped: dict[str, str] = {}  # case -> why (with skip_bad)
+        self._screen()
         self.geometry, self.modalities, prepared = self._fit_geometry()
         for case in prepared:  # training cases prepared while fitting the geometry
             self._store(case, prepared[case])
+
+    # -- bad cases ----------------------------------------------------------------------------------
+    def _screen(self) -> None:
+        check = getattr(self.adapter, "check", None)
+        if check is None:
+            return
+        bad = {}
+        marks = self.cache_dir / "checked"
+        for case in self.split:
+            try:
+                mark = marks / stable_hash(["check", self.adapter.fingerprint(case)])
+                if not mark.exists():
+                    check(case)
+                    mark.parent.mkdir(exist_ok=True)
+                    mark.touch()
+            except DataError as exc:
+                bad[case] = str(exc)
+        self._refuse_or_skip(bad)
+
+    def _refuse_or_skip(self, bad: dict[str, str]) -> None:
+        if not bad:
+            return
+        if not self.skip_bad:
+            lines = "\n".join(f"  {case}: {why}" for case, why in bad.items())
+            raise DataError(f"dataset {self.name}: {len(bad)} bad case(s) (fix them, or --skip-bad leaves them out):\n{lines}")
+        for case, why in bad.items():
+            self.skipped[case] = why
+            self.split.pop(case, None)
+
+    def _cases(self, part: str) -> list[PreparedCase]:
+        out = []
+        for case in cases_in(self.split, part):
+            try:
+                out.append(self.case(case))
+            except DataError as exc:
+                self._refuse_or_skip({case: str(exc)})
+        return out
 
     # -- geometry and caching -------------------------------------------------------------------
     def _load_volume(self, case: str) -> Volume:
@@ -59,7 +106,15 @@ class PreparedDataset:
         if path.exists():
             saved = json.loads(path.read_text())
             return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"]), {}
-        volumes = {c: self._load_volume(c) for c in train}
+        volumes, bad = {}, {}
+        for c in train:
+            try:
+                volumes[c] = self._load_volume(c)
+            except DataError as exc:
+                bad[c] = str(exc)
+        self._refuse_or_skip(bad)
+        if not volumes:
+            raise DataError(f"dataset {self.name}: no usable training case")
         modalities = next(iter(volumes.values())).modalities
         geometry = Geometry.fit([v.brain for v in volumes.values()], self.data.size)
         # prepare now: the raw volumes are already loaded
@@ -93,7 +148,9 @@ class PreparedDataset:
         self._cache[case] = prepared
         path = self._case_path(case)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, image=prepared.image, brain=prepared.brain, lesion=prepared.lesion, labels=prepared.labels)
+        native = prepared.native
+        np.savez(tmp, image=prepared.image, brain=prepared.brain, lesion=prepared.lesion, labels=prepared.labels,
+                 native_shape=np.array(native.shape), native_brain=native.brain_bits, native_lesion=native.lesion_bits)
         os.replace(tmp, path)
 
     def case(self, case: str) -> PreparedCase:
@@ -102,7 +159,8 @@ class PreparedDataset:
         path = self._case_path(case)
         if path.exists():
             with np.load(path) as z:
-                prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities)
+                native = NativeMasks(tuple(int(s) for s in z["native_shape"]), z["native_brain"], z["native_lesion"])
+                prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities, native)
             self.cache_hits += 1
             self._cache[case] = prepared
             return prepared
@@ -117,8 +175,7 @@ class PreparedDataset:
             raise ValueError(f"methods see only the train and val splits, not {part!r}")
         images, labels, brains = [], [], []
         min_brain = self.data.min_brain_fraction * self.data.size**2
-        for case in cases_in(self.split, part):
-            prepared = self.case(case)
+        for prepared in self._cases(part):
             keep = (prepared.labels >= 0) & (prepared.brain.sum(axis=(1, 2)) >= min_brain)
             if supervision is Supervision.NONE:
                 keep &= prepared.labels == 0
@@ -136,11 +193,11 @@ class PreparedDataset:
         )
 
     def val_cases(self) -> list[PreparedCase]:
-        return [self.case(c) for c in cases_in(self.split, "val")]
+        return self._cases("val")
 
     def test_cases(self) -> list[PreparedCase]:
         """The test split: for the final evaluation only."""
-        return [self.case(c) for c in cases_in(self.split, "test")]
+        return self._cases("test")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

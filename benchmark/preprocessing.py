@@ -119,6 +119,30 @@ def slice_labels(lesion: np.ndarray, brain: np.ndarray, min_lesion_voxels: int) 
 
 
 @dataclass
+class NativeMasks:
+    """A case's brain and lesion masks in its source grid [D, H, W], bit-packed (for ``--eval-native``)."""
+
+    shape: tuple[int, int, int]
+    brain_bits: np.ndarray
+    lesion_bits: np.ndarray
+
+    @classmethod
+    def pack(cls, brain: np.ndarray, lesion: np.ndarray) -> "NativeMasks":
+        return cls(tuple(int(s) for s in brain.shape), np.packbits(brain.ravel()), np.packbits(lesion.ravel()))
+
+    def _unpack(self, bits: np.ndarray) -> np.ndarray:
+        return np.unpackbits(bits, count=int(np.prod(self.shape))).reshape(self.shape).astype(bool)
+
+    @property
+    def brain(self) -> np.ndarray:
+        return self._unpack(self.brain_bits)
+
+    @property
+    def lesion(self) -> np.ndarray:
+        return self._unpack(self.lesion_bits) & self.brain
+
+
+@dataclass
 class PreparedCase:
     """One preprocessed subject in the dataset's resampled grid (harness-internal: holds the lesion mask)."""
 
@@ -128,6 +152,7 @@ class PreparedCase:
     lesion: np.ndarray  # bool [D, S, S]
     labels: np.ndarray  # int8 [D]
     modalities: tuple[str, ...]
+    native: NativeMasks | None = None  # the masks in the source grid
 
     @property
     def brain_slices(self) -> np.ndarray:
@@ -146,4 +171,6 @@ def prepare_case(volume: Volume, geometry: Geometry, data) -> PreparedCase:
         raise DataError(f"case {volume.case_id}: {exc}") from None
     image[:, ~brain] = 0.0
     lesion &= brain
-    return PreparedCase(volume.case_id, image, brain, lesion, slice_labels(lesion, brain, data.min_lesion_voxels), volume.modalities)
+    native_lesion = volume.lesion if volume.lesion is not None else np.zeros_like(volume.brain)
+    return PreparedCase(volume.case_id, image, brain, lesion, slice_labels(lesion, brain, data.min_lesion_voxels),
+                        volume.modalities, NativeMasks.pack(volume.brain, native_lesion))

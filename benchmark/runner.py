@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import tempfile
 import time
@@ -30,7 +31,7 @@ from lesionbench.config import (
 from lesionbench.method import Method, SliceSet
 from lesionbench.pipeline import PreparedDataset
 from lesionbench.plugins import Plugins
-from lesionbench.preprocessing import PreparedCase
+from lesionbench.preprocessing import PreparedCase, slice_labels
 from lesionbench.seeding import seed_everything
 from lesionbench.splits import make_split, read_split, split_hash, write_split
 from lesionbench.volume import DataError
@@ -82,6 +83,29 @@ def _short(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def resolve_dataset(spec: str, plugins: Plugins) -> type:
+    """A registered dataset name, or a layout TOML file (``--datasets my-data.toml``)."""
+    if spec.endswith(".toml"):
+        from lesionbench.datasets.layout import nifti_dataset
+
+        return nifti_dataset(spec)
+    return plugins.datasets.get(spec)
+
+
+def data_for_dataset(cls, data: DataConfig, explicit: set[str]) -> DataConfig:
+    """The adapter's default slice size (real data: large enough for small lesions) unless the user set
+    ``data.size`` in the config file or with --set; the profiles' sizes are for the synthetic sets."""
+    default = getattr(cls, "default_size", None)
+    if default is None or "size" in explicit:
+        return data
+    return dataclasses.replace(data, size=int(default))
+
+
+def explicit_data_keys(request: "RunRequest") -> set[str]:
+    keys = set(load_config_file(request.config_file).get("data", {}))
+    return keys | {o.key for o in parse_set(request.set_options) if o.namespace == "data"}
+
+
 def make_adapter(cls, root: str | None, data: DataConfig):
     """Instantiate an adapter, passing the ``data.*`` settings its constructor accepts."""
     params = inspect.signature(cls.__init__).parameters
@@ -101,6 +125,74 @@ def dataset_split(adapter, data: DataConfig, split_seed: int, split_file: str | 
 
 
 # -- prediction and evaluation --------------------------------------------------------------------
+
+
+def native_scored(dataset: PreparedDataset, case: PreparedCase, sv: M.ScoredVolume) -> M.ScoredVolume:
+    """A scored volume moved to the case's source grid through the inverse of the dataset's crop and scale.
+
+    Every slice with brain in the source grid is evaluated: slices that had no brain after resampling were
+    not predicted and get the case's lowest map value and slice score. Slice labels come from the source
+    masks (``min_lesion_voxels`` counted in source voxels).
+    """
+    native = case.native
+    if native is None:
+        raise DataError(f"case {case.case_id}: no source-grid masks in the cache; --eval-native needs them")
+    full = native_map(dataset, case, sv)
+    brain, lesion = native.brain, native.lesion
+    idx = np.nonzero(brain.any(axis=(1, 2)))[0]
+    scores = np.full(full.shape[0], float(sv.slice_scores.min()), np.float64)
+    scores[case.brain_slices] = sv.slice_scores
+    labels = slice_labels(lesion, brain, dataset.data.min_lesion_voxels)
+    return M.ScoredVolume(case.case_id, full[idx], brain[idx], lesion[idx], scores[idx], labels[idx])
+
+
+def native_map(dataset: PreparedDataset, case: PreparedCase, sv: M.ScoredVolume) -> np.ndarray:
+    """The map of every slice in the source grid [D, H, W]; unpredicted slices and voxels outside the crop
+    box hold the map's minimum."""
+    fill = float(sv.map.min())
+    resampled = np.full(case.brain.shape, fill, np.float32)
+    resampled[case.brain_slices] = sv.map
+    full = dataset.geometry.to_native(resampled, fill)
+    if case.native is not None and full.shape != case.native.shape:
+        raise DataError(f"case {case.case_id}: native map {full.shape} does not match the source grid {case.native.shape}")
+    return full
+
+
+def save_maps(dataset: PreparedDataset, cases: list[PreparedCase], scored: list[M.ScoredVolume], folder: Path) -> Path:
+    """Write each map as NIfTI in its case's source space (shape and affine of the source file), so it
+    overlays in ITK-SNAP or 3D Slicer; adapters without files get an identity affine in the D, H, W order."""
+    from lesionbench.nifti import write_array, write_like
+
+    source_file = getattr(dataset.adapter, "source_file", None)
+    for case, sv in zip(cases, scored):
+        full = native_map(dataset, case, sv)
+        out = folder / f"{case.case_id}_map.nii.gz"
+        if source_file is not None:
+            write_like(full, source_file(case.case_id), out)
+        else:
+            write_array(full, out)
+    return folder
+
+
+def evaluate_without_val(test: list[M.ScoredVolume], dataset: str) -> M.Evaluation:
+    """Test metrics when the split has no validation case: what needs one (dice_val*, dice_fpr5) is NaN,
+    and the warning says so plainly."""
+    import pandas as pd
+
+    nan = float("nan")
+    message = (f"dataset {dataset}: the split has no validation case, so dice_val, dice_val_vol_mean, "
+               "dice_val_vol_std and dice_fpr5 (thresholds chosen on validation) are not computed (NaN); "
+               "the other metrics are reported")
+    test_m = M.evaluate_split(test)
+    test_m.update(dice_val=nan, dice_fpr5=nan, dice_val_vol_mean=nan, dice_val_vol_std=nan, dice_val_n_volumes=nan)
+    rows = []
+    for sv in test:
+        scores, labels = sv.map[sv.brain].astype(np.float64), sv.lesion[sv.brain]
+        vm = M.pooled_curve_metrics(scores, labels) if labels.any() else {}
+        rows.append(dict(case_id=sv.case_id, n_brain=int(labels.size), n_lesion=int(labels.sum()),
+                         auprc=vm.get("auprc", nan), dice_best=vm.get("dice_best", nan), dice_val=nan, dice_fpr5=nan))
+    per_volume = pd.DataFrame(rows, columns=["case_id", "n_brain", "n_lesion", "auprc", "dice_best", "dice_val", "dice_fpr5"])
+    return M.Evaluation(test=test_m, val={}, thresholds=dict(dice_val=nan, dice_fpr5=nan), per_volume=per_volume, warnings=[message])
 
 
 def predict_cases(method: Method, cases: list[PreparedCase], batch: int) -> tuple[list[M.ScoredVolume], int]:
@@ -213,6 +305,9 @@ class RunRequest:
     tracking_uri: str | None = None
     experiment: str = "lesionbench"
     objective: str = "auprc"
+    eval_native: bool = False  # evaluate in the source voxel grid through the inverse transform
+    save_maps: Path | None = None  # write test maps as NIfTI in the source space under this folder
+    skip_bad: bool = False  # leave bad cases out (reported) instead of refusing the dataset
 
 
 @dataclass
@@ -224,6 +319,7 @@ class CellResult:
     run_id: str | None = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. metrics that could not be computed, and why
 
 
 def check_workdir(workdir: Path) -> Path:
@@ -247,7 +343,7 @@ def plan(request: RunRequest, plugins: Plugins):
         methods = [from_file] if isinstance(from_file, str) else list(from_file or plugins.methods.names())
     profile = request.profile or file_cfg.get("profile") or "quick"
     method_classes = [plugins.methods.get(m) for m in methods]
-    dataset_classes = [plugins.datasets.get(d) for d in request.datasets]
+    dataset_classes = [resolve_dataset(d, plugins) for d in request.datasets]
     set_options = parse_set(request.set_options)
     known_ns = {"data", *methods}
     for opt in set_options:
@@ -285,20 +381,27 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
     tracker = Tracker(uri, request.experiment, workdir / "artifacts")
     commit = git_commit()
     results: list[CellResult] = []
-    eval_space = "resampled"
+    eval_space = "native" if request.eval_native else "resampled"
+    explicit = explicit_data_keys(request)
 
     total = len(dataset_classes) * len(variants) * len(request.seeds)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[status]}"), console=console, transient=False) as progress:
         grid = progress.add_task("cells", total=total, status="")
-        for dcls in dataset_classes:
+        for spec, dcls in zip(request.datasets, dataset_classes):
             try:
-                adapter = make_adapter(dcls, request.roots.get(dcls.name), data)
-                split_file = request.split_files.get(dcls.name) or request.split_files.get("*")
-                split = dataset_split(adapter, data, request.split_seed, split_file)
-                split_path = write_split(split, workdir / "splits", dcls.name)
+                dcls_data = data_for_dataset(dcls, data, explicit)
+                adapter = make_adapter(dcls, request.roots.get(dcls.name) or request.roots.get(spec), dcls_data)
+                split_file = request.split_files.get(dcls.name) or request.split_files.get(spec) or request.split_files.get("*")
+                split = dataset_split(adapter, dcls_data, request.split_seed, split_file)
                 progress.update(grid, status=f"preparing {dcls.name}")
-                dataset = PreparedDataset(adapter, data, split, workdir / "cache")
+                dataset = PreparedDataset(adapter, dcls_data, split, workdir / "cache", skip_bad=request.skip_bad)
+                if dataset.skipped:
+                    console.print(f"[yellow]dataset {dcls.name}: skipped {len(dataset.skipped)} bad case(s) (--skip-bad):[/yellow]")
+                    for case, why in dataset.skipped.items():
+                        console.print(f"[yellow]  {case}: {why}[/yellow]")
+                split = dataset.split
+                split_path = write_split(split, workdir / "splits", dcls.name)
             except (DataError, ConfigError) as exc:
                 console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
                 for v in variants:
@@ -321,6 +424,8 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
                         )
                         if result.status == "failed":
                             console.print(f"[red]cell {variant.label} / {dcls.name} / seed {seed} failed: {result.error}[/red]")
+                        for message in result.warnings:
+                            console.print(f"[yellow]{variant.label} / {dcls.name} / seed {seed}: {message}[/yellow]")
                     results.append(result)
                     if on_cell:
                         on_cell(result)
@@ -371,10 +476,23 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
         seed_everything(seed)  # stochastic inference (sampling) is seeded too
         val_scored, _ = predict_cases(method, val_cases, dataset.data.predict_batch)
         test_cases = dataset.test_cases()  # the only place the test split is opened
+        if not test_cases:
+            raise DataError(f"dataset {dataset.name}: no usable test case")
+        if dataset.skipped:
+            run.tag("skipped_cases", ", ".join(sorted(dataset.skipped))[:5000])
         t0 = time.perf_counter()
         test_scored, n_test_slices = predict_cases(method, test_cases, dataset.data.predict_batch)
         predict_s = time.perf_counter() - t0
-        evaluation = M.evaluate(test_scored, val_scored)
+        if eval_space == "native":
+            val_eval = [native_scored(dataset, c, sv) for c, sv in zip(val_cases, val_scored)]
+            test_eval = [native_scored(dataset, c, sv) for c, sv in zip(test_cases, test_scored)]
+        else:
+            val_eval, test_eval = val_scored, test_scored
+        evaluation = M.evaluate(test_eval, val_eval) if val_eval else evaluate_without_val(test_eval, dataset.name)
+        result.warnings = list(evaluation.warnings)
+        if request.save_maps is not None:
+            written = save_maps(dataset, test_cases, test_scored, Path(request.save_maps) / dataset.name / variant.label / f"seed{seed}")
+            run.tag("maps_dir", str(written))
         metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
         metrics.update({f"val/{k}": v for k, v in evaluation.val.items()})
         metrics.update({"time/fit_s": fit_s, "time/predict_s_per_slice": predict_s / max(n_test_slices, 1)})
@@ -384,7 +502,7 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
             run.tag("warning." + stable_hash(message, 6), message[:500])
             if on_step:
                 on_step(message)
-        _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method)
+        _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method, test_eval)
         run.finish("FINISHED")
         result.status, result.metrics = "finished", metrics
     except Exception as exc:  # one failing cell must not lose the others
@@ -400,7 +518,7 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
     return result
 
 
-def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method):
+def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation, test_cases, test_scored, method, test_eval):
     import tomli_w
     from PIL import Image
 
@@ -416,7 +534,7 @@ def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation,
         (tmp / "config.toml").write_text(tomli_w.dumps(cfg))
         evaluation.per_volume.to_csv(tmp / "per_volume.csv", index=False)
         arrays = {}
-        for sv in test_scored:  # what is needed to recompute pooled metrics on any subset of volumes
+        for sv in test_eval:  # what is needed to recompute pooled metrics on any subset of volumes (eval space)
             arrays[f"{sv.case_id}/map"] = sv.map.astype(np.float16)
             arrays[f"{sv.case_id}/brain"] = sv.brain
             arrays[f"{sv.case_id}/lesion"] = sv.lesion
