@@ -5,4 +5,6 @@ third-party plugin (``lesionbench_register_methods``)."""
 BUILTIN_PLUGINS = (
     "lesionbench.methods.intensity",
     "lesionbench.methods.vae",
+    "lesionbench.methods.wolleb",
+    "lesionbench.methods.ddpm",
 )

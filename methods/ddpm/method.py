@@ -1,0 +1,155 @@
+"""An unsupervised diffusion baseline in the style of AnoDDPM (Wyatt et al. 2022) and pDDPM
+(Behrendt et al. 2023): a DDPM trained on healthy slices only; at inference each slice is noised
+**stochastically** to level L (x_L ~ q(x_L | x_0), Gaussian noise seeded per slice) and denoised back;
+the anomaly map is the residual |x - x_hat| summed over channels.
+
+Ours: the denoising runs with deterministic DDIM steps (``stride`` timesteps each) instead of the full
+ancestral chain, for speed; the noise of a slice is drawn from a generator seeded by (the harness's run
+seed, ``noise_seed``, the slice's content), so a map does not depend on batching and predicting twice
+gives the same map. Not ``wolleb`` with s = 0: deterministic DDIM encoding would return the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.methods.wolleb.networks import diffusion_unet, pad_to_multiple
+from lesionbench.methods.wolleb.sampling import ddim_times, guided_ddim_decode, linear_schedule
+from lesionbench.methods.wolleb.training import Schedule, autocast, train_denoiser
+
+
+@dataclass
+class DDPMConfig:
+    timesteps: int = 1000  # T, linear schedule
+    widths: tuple[int, ...] = (16, 32, 64)
+    res_blocks: int = 1
+    attention: tuple[bool, ...] = (False, False, True)
+    norm_groups: int = 8
+    learn_sigma: bool = False
+    vlb_weight: float = 0.001
+    lr: float = 1e-3
+    batch_size: int = 32
+    steps: int = 220
+    max_minutes: float = 0.0
+    ema: float = 0.0
+    noise_level: int = 400  # L
+    stride: int = 50  # timesteps per DDIM denoising step
+    noise_seed: int = 0  # mixed with the run seed and the slice's content
+    clip_denoised: bool = True
+    log_every: int = 10
+
+
+class DDPM(Method):
+    name = "ddpm"
+    description = "AnoDDPM/pDDPM-style baseline: a DDPM on healthy slices; noise each slice to level L (seeded), denoise; map = residual"
+    supervision = Supervision.NONE
+    Config = DDPMConfig
+    profiles = {
+        "smoke": dict(widths=(8, 16), attention=(False, False), norm_groups=4, steps=6, batch_size=8,
+                      noise_level=200, stride=100, log_every=2),
+        "demo": dict(widths=(16, 32), attention=(False, True), steps=80, max_minutes=0.4, noise_level=400, stride=200),
+        "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=500, max_minutes=2.5, lr=1e-3,
+                      noise_level=400, stride=100),
+        # pDDPM's / AnoDDPM's scale on a GPU: a full-width UNet, learned variances, EMA, fine DDIM steps
+        "paper": dict(widths=(128, 128, 256, 256, 512, 512), res_blocks=2, attention=(False, False, False, False, True, False),
+                      norm_groups=32, learn_sigma=True, lr=1e-4, batch_size=10, steps=50_000, ema=0.9999,
+                      noise_level=400, stride=1, log_every=100),
+    }
+
+    def __init__(self, config, device="cpu", modalities=()):
+        super().__init__(config, device, modalities)
+        c = config
+        if len(c.widths) != len(c.attention):
+            raise ValueError("ddpm: widths and attention must have one entry per level")
+        if not 0 < c.noise_level < c.timesteps:
+            raise ValueError(f"ddpm: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
+        self.unet = None
+        self.in_shape: tuple[int, int, int] | None = None
+        self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
+
+    @classmethod
+    def search_space(cls, trial):
+        return {
+            "noise_level": trial.suggest_int("noise_level", 100, 700, step=100),
+            "stride": trial.suggest_categorical("stride", [10, 25, 50, 100]),
+        }
+
+    def _multiple(self) -> int:
+        return 2 ** (len(self.config.widths) - 1)
+
+    def _build(self, in_shape) -> None:
+        c = self.config
+        self.in_shape = tuple(int(v) for v in in_shape)
+        self.unet = diffusion_unet(self.in_shape[0], c.widths, c.res_blocks, c.attention, c.norm_groups, c.learn_sigma, None)
+        self.unet.to(self.device).eval()
+
+    def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
+        return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, self._multiple())
+
+    def fit(self, train: SliceSet, val: SliceSet, log) -> None:
+        c = self.config
+        train = train.healthy()  # the harness gives healthy slices only; this keeps it so
+        if len(train) == 0:
+            raise ValueError("ddpm: no healthy training slices")
+        x = self._to_network_input(train.images).cpu()
+        self._build(x.shape[1:])
+        config = dataclasses.asdict(c)
+        key = {k: config[k] for k in ("timesteps", "widths", "res_blocks", "attention", "norm_groups", "learn_sigma",
+                                      "vlb_weight", "lr", "batch_size", "steps", "max_minutes", "ema")}
+        key.update(in_shape=list(self.in_shape), modalities=list(self.modalities))
+        schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every)
+        state = log.cached("ddpm", key, lambda: train_denoiser(
+            self.unet, x, None, self.betas, self.alphas_cumprod, schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
+        self.unet.load_state_dict(state)
+        self.unet.eval()
+
+    def slice_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise per slice from a generator seeded by (run seed, noise_seed, the slice's bytes)."""
+        run_seed = torch.initial_seed()  # set by the harness's seed_everything before predict
+        noise = torch.empty_like(x, device="cpu")
+        for i, slice_ in enumerate(x.detach().cpu().numpy()):
+            digest = hashlib.blake2b(np.ascontiguousarray(slice_).tobytes(), digest_size=8,
+                                     key=f"{run_seed}-{self.config.noise_seed}".encode()).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+            noise[i] = torch.randn(x.shape[1:], generator=generator)
+        return noise.to(x.device)
+
+    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+        # x_L = sqrt(abar_L) x_0 + sqrt(1 - abar_L) eps (Ho et al. 2020, eq. 4), then DDIM steps back to t = 0
+        c = self.config
+        abar = float(self.alphas_cumprod[c.noise_level])
+        x_level = abar**0.5 * x + (1 - abar) ** 0.5 * self.slice_noise(x)
+        channels = self.in_shape[0]
+
+        def eps(x_t, t):
+            with autocast(self.device):
+                return self.unet(x_t, t)[:, :channels].float()
+
+        return guided_ddim_decode(eps, x_level, ddim_times(c.noise_level, c.stride), self.alphas_cumprod, clip=c.clip_denoised)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        if self.unet is None:
+            raise RuntimeError("ddpm: predict before fit or load_state_dict")
+        h, w = images.shape[-2:]
+        x = self._to_network_input(images)
+        maps = (x - self.denoise(x)).abs().sum(dim=1)[:, :h, :w]
+        return AnomalyOutput(maps=maps.float().to(images.device))
+
+    def state_dict(self) -> dict:
+        if self.unet is None:
+            return {}
+        return {"in_shape": list(self.in_shape), "unet": {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            self.unet = self.in_shape = None
+            return
+        self._build(tuple(state["in_shape"]))
+        self.unet.load_state_dict(state["unet"])

@@ -1,0 +1,7 @@
+from lesionbench import hookimpl
+from lesionbench.methods.wolleb.method import Wolleb
+
+
+@hookimpl
+def lesionbench_register_methods(registry):
+    registry.add(Wolleb)

@@ -1,0 +1,214 @@
+"""Wolleb, Bieder, Sandkühler and Cattin (2022), "Diffusion models for medical anomaly detection", MICCAI.
+
+Theirs (and their code, github.com/JuliaWolleb/diffusion-anomaly): a DDPM (T = 1000, linear schedule,
+learned variances) trained on all training slices, and a noise-conditioned classifier (the encoder half
+of the UNet) trained with cross-entropy on x_t, t ~ U[0, T). At inference the slice is encoded with
+deterministic DDIM to noise level L, then decoded with DDIM guided towards "healthy":
+eps_hat = eps - sqrt(1 - abar_t) s grad_x log p(healthy | x_t). The anomaly map is |x - x_hat|.
+
+Ours: the DDPM is class-conditional on the image label (both DDIM directions are conditioned on
+"healthy"); MONAI's ``DiffusionModelUNet`` / ``DiffusionModelEncoder`` (the classifier's head is MONAI's
+dense layer, not the authors' attention pooling); the number of DDIM steps is a hyperparameter
+(``stride``: one step every ``stride`` timesteps; the paper: stride 1); the map sums |x - x_hat| over
+channels in [-1, 1] units; the slice score is the harness's default (99th percentile of the map) or,
+with ``score = "classifier"``, the classifier's p(lesion | x, t = 0). The trained DDPM and classifier are
+cached by their own hyperparameters (``FitLog.cached``), so changing L, s or the stride does not retrain.
+Our pooled metrics are not the paper's table (theirs: per-slice Otsu Dice over diseased slices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier, pad_to_multiple
+from lesionbench.methods.wolleb.sampling import (
+    class_log_prob_gradient, ddim_encode, ddim_times, guided_ddim_decode, linear_schedule,
+)
+from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier, train_denoiser
+
+HEALTHY, LESION = 0, 1
+
+
+@dataclass
+class WollebConfig:
+    # the DDPM
+    timesteps: int = 1000  # T, linear schedule
+    widths: tuple[int, ...] = (16, 32, 64)  # UNet channels per level
+    res_blocks: int = 1
+    attention: tuple[bool, ...] = (False, False, True)  # attention per level (one head)
+    norm_groups: int = 8
+    learn_sigma: bool = False  # learned variances with the hybrid loss (improved DDPM), as the authors train
+    vlb_weight: float = 0.001  # lambda of the hybrid loss
+    lr: float = 1e-3
+    batch_size: int = 32
+    steps: int = 220
+    max_minutes: float = 0.0  # wall-clock cap of DDPM training; 0 = none
+    ema: float = 0.0  # EMA decay of the DDPM weights; 0 = none
+    # the classifier
+    classifier_widths: tuple[int, ...] = (16, 32, 64)
+    classifier_res_blocks: int = 1
+    classifier_attention: tuple[bool, ...] = (False, False, True)
+    classifier_lr: float = 1e-3
+    classifier_batch_size: int = 32
+    classifier_steps: int = 150
+    classifier_minutes: float = 0.0
+    # inference
+    noise_level: int = 600  # L
+    guidance_scale: float = 5.0  # s
+    stride: int = 50  # timesteps per DDIM step (1 = no skipping, as the paper)
+    clip_denoised: bool = True
+    score: str = "map"  # slice score: "map" (harness default) or "classifier" (p(lesion | x, t = 0))
+    log_every: int = 10
+
+
+class Wolleb(Method):
+    name = "wolleb"
+    description = "Wolleb et al. 2022: DDIM-encode to level L, decode guided to 'healthy' by a noise-conditioned classifier; map = |x - x_hat|"
+    supervision = Supervision.IMAGE
+    Config = WollebConfig
+    profiles = {
+        # seconds on 2 CPU cores: proves the code path
+        "smoke": dict(widths=(8, 16), attention=(False, False), norm_groups=4, steps=6, batch_size=8,
+                      classifier_widths=(8, 16), classifier_attention=(False, False), classifier_steps=6,
+                      classifier_batch_size=8, noise_level=200, stride=100, guidance_scale=5.0, log_every=2),
+        # the README's job: ~40 s per dataset on 2 cores, most of it predict
+        "demo": dict(widths=(16, 32), attention=(False, True), steps=60, max_minutes=0.3,
+                     classifier_widths=(16, 32), classifier_attention=(False, False), classifier_steps=40,
+                     classifier_minutes=0.15, noise_level=500, stride=250, guidance_scale=5.0),
+        # a meaningful CPU result within <= 5 min per cell (fit ~3.3 min, predict on val + test the rest)
+        "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=400, max_minutes=2.0, lr=1e-3,
+                      classifier_widths=(16, 32, 64), classifier_steps=300, classifier_minutes=1.0,
+                      noise_level=500, stride=100, guidance_scale=10.0),
+        # the authors' settings (GPU; the paper uses 256x256 slices)
+        "paper": dict(widths=(128, 128, 256, 256, 512, 512), res_blocks=2, attention=(False, False, False, False, True, False),
+                      norm_groups=32, learn_sigma=True, lr=1e-4, batch_size=10, steps=50_000, ema=0.9999,
+                      classifier_widths=(32, 32, 64, 64, 128, 128), classifier_res_blocks=2,
+                      classifier_attention=(False, False, False, True, True, True), classifier_lr=3e-4,
+                      classifier_batch_size=10, classifier_steps=5000, noise_level=500, guidance_scale=100.0,
+                      stride=1, log_every=100),
+    }
+
+    def __init__(self, config, device="cpu", modalities=()):
+        super().__init__(config, device, modalities)
+        c = config
+        if c.score not in ("map", "classifier"):
+            raise ValueError(f"wolleb: score must be 'map' or 'classifier', not {c.score!r}")
+        if len(c.widths) != len(c.attention) or len(c.classifier_widths) != len(c.classifier_attention):
+            raise ValueError("wolleb: widths and attention (and their classifier_ twins) must have one entry per level")
+        if not 0 < c.noise_level < c.timesteps:
+            raise ValueError(f"wolleb: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
+        self.unet = self.classifier = None  # built in fit (or load_state_dict), once the slice shape is known
+        self.in_shape: tuple[int, int, int] | None = None  # (C, H, W) after padding
+        self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
+
+    @classmethod
+    def search_space(cls, trial):
+        return {
+            "noise_level": trial.suggest_int("noise_level", 200, 800, step=100),
+            "guidance_scale": trial.suggest_float("guidance_scale", 1.0, 100.0, log=True),
+            "stride": trial.suggest_categorical("stride", [10, 25, 50, 100]),
+        }
+
+    # -- networks --------------------------------------------------------------------------------------
+
+    def _multiple(self) -> int:
+        return 2 ** max(len(self.config.widths) - 1, len(self.config.classifier_widths))
+
+    def _build(self, in_shape) -> None:
+        c = self.config
+        self.in_shape = tuple(int(v) for v in in_shape)
+        channels = self.in_shape[0]
+        self.unet = diffusion_unet(channels, c.widths, c.res_blocks, c.attention, c.norm_groups, c.learn_sigma, 2).to(self.device).eval()
+        self.classifier = noise_conditioned_classifier(channels, self.in_shape[1:], c.classifier_widths, c.classifier_res_blocks,
+                                                       c.classifier_attention, c.norm_groups).to(self.device).eval()
+
+    def _part_keys(self) -> tuple[dict, dict]:
+        """Each trained part's own hyperparameters (the cache key): inference settings are left out."""
+        c = dataclasses.asdict(self.config)
+        shared = {"in_shape": list(self.in_shape), "modalities": list(self.modalities), "timesteps": c["timesteps"], "norm_groups": c["norm_groups"]}
+        ddpm = {k: c[k] for k in ("widths", "res_blocks", "attention", "learn_sigma", "vlb_weight", "lr", "batch_size", "steps", "max_minutes", "ema")}
+        clf = {k: c[k] for k in c if k.startswith("classifier_")}
+        return {**shared, **ddpm}, {**shared, **clf}
+
+    def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
+        return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, self._multiple())
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def fit(self, train: SliceSet, val: SliceSet, log) -> None:
+        c = self.config
+        if len(train) == 0 or train.labels.min() == train.labels.max():
+            raise ValueError("wolleb: training needs both healthy and lesion slices (image labels)")
+        x = self._to_network_input(train.images).cpu()
+        labels = train.labels.long()
+        self._build(x.shape[1:])
+        ddpm_key, clf_key = self._part_keys()
+        ddpm_schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every)
+        clf_schedule = Schedule(c.classifier_steps, c.classifier_batch_size, c.classifier_lr, c.classifier_minutes, 0.0, c.log_every)
+        unet_state = log.cached("ddpm", ddpm_key, lambda: train_denoiser(
+            self.unet, x, labels, self.betas, self.alphas_cumprod, ddpm_schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
+        clf_state = log.cached("classifier", clf_key, lambda: train_classifier(
+            self.classifier, x, labels, self.alphas_cumprod, clf_schedule, self.device, log))
+        self.unet.load_state_dict(unet_state)
+        self.classifier.load_state_dict(clf_state)
+        self.unet.eval(), self.classifier.eval()
+
+    # -- inference -------------------------------------------------------------------------------------
+
+    def eps_fn(self, label: int = HEALTHY):
+        """The DDPM as ``eps(x, t)`` conditioned on ``label`` (the first C output channels: eps; the rest: v)."""
+        channels = self.in_shape[0]
+
+        def eps(x, t):
+            with autocast(self.device):
+                return self.unet(x, t, class_labels=torch.full_like(t, label))[:, :channels].float()
+
+        return eps
+
+    def logits_fn(self, x, t):
+        with autocast(self.device):
+            return self.classifier(x, t).float()
+
+    def translate(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """x in [-1, 1] (padded) -> its healthy counterpart x_hat: DDIM encoding to L, guided DDIM decoding."""
+        c = self.config
+        scale = c.guidance_scale if scale is None else scale
+        times = ddim_times(c.noise_level, c.stride)
+        eps = self.eps_fn(HEALTHY)
+        latent = ddim_encode(eps, x, times, self.alphas_cumprod, c.clip_denoised)
+        grad = class_log_prob_gradient(self.logits_fn, HEALTHY)
+        return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised)
+
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        if self.unet is None:
+            raise RuntimeError("wolleb: predict before fit or load_state_dict")
+        h, w = images.shape[-2:]
+        x = self._to_network_input(images)
+        x_hat = self.translate(x)
+        maps = (x - x_hat).abs().sum(dim=1)[:, :h, :w]
+        scores = None
+        if self.config.score == "classifier":
+            with torch.no_grad():
+                t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                scores = torch.softmax(self.logits_fn(x, t0), dim=1)[:, LESION].to(images.device)
+        return AnomalyOutput(maps=maps.float().to(images.device), scores=scores)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        if self.unet is None:
+            return {}
+        cpu = lambda net: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}  # noqa: E731
+        return {"in_shape": list(self.in_shape), "unet": cpu(self.unet), "classifier": cpu(self.classifier)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            self.unet = self.classifier = self.in_shape = None
+            return
+        self._build(tuple(state["in_shape"]))
+        self.unet.load_state_dict(state["unet"])
+        self.classifier.load_state_dict(state["classifier"])

@@ -1,0 +1,121 @@
+"""Training loops of the DDPM and of the noise-conditioned classifier (shared by ``wolleb`` and ``ddpm``).
+
+Both take images already in [-1, 1]; both return plain state dicts (for ``FitLog.cached``)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lesionbench.methods.wolleb.sampling import hybrid_loss, q_sample
+
+
+@dataclass
+class Schedule:
+    """Optimisation budget of one part: steps, batch, learning rate, an optional wall-clock cap, EMA decay."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    max_minutes: float = 0.0
+    ema: float = 0.0  # 0 = no EMA; the paper uses 0.9999
+    log_every: int = 10
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _batches(n: int, batch_size: int):
+    """Endless full batches of shuffled indices; shuffling follows the harness's seed."""
+    order = torch.Generator().manual_seed(torch.initial_seed())
+    queue = torch.empty(0, dtype=torch.long)
+    batch_size = min(batch_size, n)
+    while True:
+        if len(queue) < batch_size:
+            queue = torch.cat([queue, torch.randperm(n, generator=order)])
+        index, queue = queue[:batch_size], queue[batch_size:]
+        yield index
+
+
+def _cpu_state(network) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+
+
+def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas: torch.Tensor, alphas_cumprod: torch.Tensor,
+                   schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str) -> dict:
+    """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T).
+    ``labels`` condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
+    network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.0)
+    ema = copy.deepcopy(network).eval() if schedule.ema > 0 else None
+    timesteps = len(betas)
+    started = time.monotonic()
+    batches = _batches(len(x), schedule.batch_size)
+    for step in range(1, schedule.steps + 1):
+        index = next(batches)
+        x0 = x[index].to(device, torch.float32)
+        y = None if labels is None else labels[index].to(device)
+        t = torch.randint(0, timesteps, (len(index),), device=device)
+        noise = torch.randn_like(x0)
+        x_t = q_sample(x0, t, noise, alphas_cumprod)
+        with autocast(device):
+            output = network(x_t, t, class_labels=y)
+        if learn_sigma:
+            loss, vlb = hybrid_loss(output.float(), x0, x_t, t, noise, betas, alphas_cumprod, vlb_weight)
+        else:
+            loss, vlb = F.mse_loss(output.float(), noise), None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), network.parameters()):
+                    p_ema.lerp_(p, 1 - schedule.ema)
+        out_of_time = schedule.max_minutes > 0 and time.monotonic() - started > 60 * schedule.max_minutes
+        if step % schedule.log_every == 0 or step == schedule.steps or out_of_time:
+            log.metric(f"{prefix}_loss", loss.item(), step)
+            if vlb is not None:
+                log.metric(f"{prefix}_vlb", vlb.item(), step)
+        if out_of_time:
+            break
+    network.eval()
+    return _cpu_state(ema if ema is not None else network)
+
+
+def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: Schedule,
+                     device: torch.device, log, prefix: str = "classifier") -> dict:
+    """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier)."""
+    network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.05)  # guided-diffusion's classifier_train defaults
+    timesteps = len(alphas_cumprod)
+    started = time.monotonic()
+    batches = _batches(len(x), schedule.batch_size)
+    for step in range(1, schedule.steps + 1):
+        index = next(batches)
+        x0 = x[index].to(device, torch.float32)
+        y = labels[index].to(device)
+        t = torch.randint(0, timesteps, (len(index),), device=device)
+        x_t = q_sample(x0, t, torch.randn_like(x0), alphas_cumprod)
+        with autocast(device):
+            logits = network(x_t, t)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        out_of_time = schedule.max_minutes > 0 and time.monotonic() - started > 60 * schedule.max_minutes
+        if step % schedule.log_every == 0 or step == schedule.steps or out_of_time:
+            log.metric(f"{prefix}_loss", loss.item(), step)
+            log.metric(f"{prefix}_accuracy", (logits.argmax(1) == y).float().mean().item(), step)
+        if out_of_time:
+            break
+    network.eval()
+    return _cpu_state(network)
