@@ -148,7 +148,7 @@ def check_case_headers(case: str, files: CaseFiles, tolerance: float = AFFINE_TO
 
 def _labels(case: str, image: Image, known: tuple[int, ...] | None) -> np.ndarray:
     rounded = np.rint(image.data)
-    if not np.allclose(rounded, image.data, atol=1e-3):
+    if np.abs(rounded - image.data).max() > 1e-3:
         raise DataError(f"case {case}: {image.path} holds non-integer values; a label map is expected")
     values = np.unique(rounded).astype(int)
     if known is not None:
@@ -191,7 +191,9 @@ def load_case(case: str, files: CaseFiles, lesion_values: tuple[int, ...] | None
             brain |= image.data != 0
         if not brain.any():
             raise DataError(f"case {case}: empty brain mask: every voxel is 0 in {', '.join(str(i.path) for i in images)}")
-    stacked = np.stack([i.data for i in images])
+    stacked = np.empty((len(images), *ref.data.shape), np.float32)
+    for i, image in enumerate(images):
+        stacked[i] = image.data
     return Volume(case, stacked, lesion, brain, tuple(files.modalities), ref.spacing, ref.affine)
 
 

@@ -16,12 +16,16 @@ AMBIGUOUS = -1  # slice label: some lesion voxels, fewer than min_lesion_voxels
 
 def normalise(image: np.ndarray, brain: np.ndarray, clip_low: float, clip_high: float) -> np.ndarray:
     """Per channel: clip to the [clip_low, clip_high] percentiles of brain voxels, scale to [0, 1]; 0 outside."""
-    out = np.zeros_like(image, dtype=np.float32)
+    out = np.empty(image.shape, dtype=np.float32)
+    outside = ~brain
     for c, channel in enumerate(image):
         values = channel[brain]
-        lo, hi = np.percentile(values, [clip_low, clip_high])
-        scale = hi - lo if hi > lo else 1.0
-        out[c] = np.where(brain, (np.clip(channel, lo, hi) - lo) / scale, 0.0)
+        lo, hi = np.percentile(values, [clip_low, clip_high]).astype(np.float32)  # float32 all through: 0 and 1 exact
+        scale = hi - lo if hi > lo else np.float32(1.0)
+        np.clip(channel, lo, hi, out=out[c])  # in place: volumes are large
+        out[c] -= lo
+        out[c] /= scale
+        out[c][outside] = 0.0
     return out
 
 
@@ -68,10 +72,10 @@ class Geometry:
             raise DataError(f"in-plane shape {arr.shape[-2:]} differs from the dataset's grid {self.source_hw}")
         y0, y1, x0, x1 = self.box
         h, w = self.source_hw
-        pad = [(0, 0)] * (arr.ndim - 2) + [(max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w))]
-        arr = np.pad(arr, pad)
-        oy, ox = max(0, -y0), max(0, -x0)
-        return arr[..., y0 + oy : y1 + oy, x0 + ox : x1 + ox]
+        out = np.zeros((*arr.shape[:-2], y1 - y0, x1 - x0), arr.dtype)  # copy the overlap only: no full-size pad
+        ty0, ty1, tx0, tx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        out[..., ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = arr[..., ty0:ty1, tx0:tx1]
+        return out
 
     def resample_image(self, image: np.ndarray) -> np.ndarray:
         """[C, D, H, W] -> [C, D, size, size] (antialiased bilinear)."""
