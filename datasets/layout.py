@@ -214,7 +214,8 @@ class Nifti(DatasetAdapter):
     needs_root = True
 
     def __init__(self, root=None, **options):
-        raise ConfigError("the nifti adapter is configured by a layout file: --datasets path/to/layout.toml "
+        raise ConfigError("the nifti adapter is configured by a layout file: give the file instead of `nifti` "
+                          "(run --datasets path/to/layout.toml, check-data --dataset path/to/layout.toml) "
                           f"(examples: {', '.join(sorted(p.name for p in LAYOUT_DIR.glob('*.toml')))} in {LAYOUT_DIR})")
 
     def cases(self):  # pragma: no cover - never instantiated
