@@ -195,7 +195,7 @@ def test_state_dict_round_trip(wolleb, data):
 def ddpm(data):
     torch.manual_seed(0)
     healthy, _ = brains(48, seed=1, lesion_every=0)
-    method = DDPM(DDPM.make_config("smoke", {"steps": 40, "lr": 2e-3, "noise_level": 300}), "cpu", MODALITIES)
+    method = DDPM(DDPM.make_config("smoke", {"steps": 120, "lr": 3e-3, "batch_size": 16, "noise_level": 200}), "cpu", MODALITIES)
     method.fit(healthy, healthy, NullLog())
     return method
 
@@ -237,9 +237,9 @@ def test_smoke_run_through_the_cli_reuses_trained_parts(tmp_path):
     base = ["run", "--methods", "wolleb", "ddpm", "--datasets", "synth-tumor", "--seeds", "0", "--profile", "smoke",
             "--workdir", str(workdir), "--device", "cpu"]
     assert main(base) == 0
+    assert main(["leaderboard", "--workdir", str(workdir), "--format", "md"]) == 0
     parts = sorted(p.name for p in (workdir / "parts").iterdir())
     assert len(parts) == 3 and sum(p.startswith("wolleb-") for p in parts) == 2  # ddpm + classifier, and ddpm's ddpm
     # changing only inference settings does not retrain
     assert main(base + ["--set", "wolleb.guidance_scale=20", "--set", "wolleb.noise_level=300"]) == 0
     assert sorted(p.name for p in (workdir / "parts").iterdir()) == parts
-    assert main(["leaderboard", "--workdir", str(workdir), "--format", "md"]) == 0
