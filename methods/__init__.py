@@ -7,4 +7,5 @@ BUILTIN_PLUGINS = (
     "lesionbench.methods.vae",
     "lesionbench.methods.wolleb",
     "lesionbench.methods.ddpm",
+    "lesionbench.methods.wargnier",
 )
