@@ -40,7 +40,7 @@ from lesionbench.methods.wargnier.networks import LogitMapClassifier
 @dataclass
 class WargnierConfig:
     # network (ours)
-    widths: tuple[int, ...] = (16, 32, 64)  # channels per stage; 2x2 average pooling between stages
+    widths: tuple[int, ...] = (8, 16, 32, 64)  # channels per stage; 2x2 average pooling between stages
     convs_per_stage: int = 2
     activation: str = "silu"
     # the constraint (the paper's)
@@ -68,9 +68,9 @@ _PROFILES = {
     # seconds on 2 CPU cores: proves the code path
     "smoke": dict(widths=(8, 16), batch_size=16, max_steps=25, log_every=5, map_samples=4, background_size=8),
     # <= ~30 s per dataset on 2 CPU cores (the README's main job)
-    "demo": dict(batch_size=32, lr=2e-3, max_steps=250, max_minutes=0.35, eval_every=100),
+    "demo": dict(batch_size=32, lr=2e-3, max_steps=250, max_minutes=0.35, eval_every=25),
     # a meaningful CPU result: <= ~3 min of training, well inside 5 min per cell with predict
-    "quick": dict(batch_size=32, lr=1e-3, max_steps=3000, max_minutes=2.5, eval_every=250),
+    "quick": dict(batch_size=32, lr=2e-3, max_steps=3000, max_minutes=2.5, eval_every=50),
     # GPU: longer training, wider network; the combination of maps the paper found robust
     "paper": dict(widths=(32, 64, 128, 128), batch_size=64, lr=1e-4, max_steps=50_000, eval_every=1000, log_every=50,
                   map_attributions=("gradient", "input_x_gradient", "expected_gradients", "integrated_gradients"),

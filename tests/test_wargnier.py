@@ -1,0 +1,180 @@
+"""wargnier (Wargnier-Dauchelle et al. 2023) and saliency: the constraint and its double backpropagation,
+what the constraint does to healthy attributions, what reaches training, and a run through the CLI."""
+
+import hashlib
+
+import pytest
+import torch
+
+from lesionbench.method import NullLog, SliceSet
+from lesionbench.methods.wargnier import attribution as attr
+from lesionbench.methods.wargnier.method import Saliency, Wargnier
+from lesionbench.methods.wargnier.networks import LogitMapClassifier
+
+torch.set_num_threads(2)
+
+
+def _toy_batch(n: int, size: int = 16, generator=None):
+    """One channel; a disc brain of noisy tissue; odd images carry a bright 3x3 lesion at a random place."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    brain = ((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 < (size / 2 - 1) ** 2).expand(n, size, size).clone()
+    x = (0.4 + 0.1 * torch.rand(n, 1, size, size, generator=generator)) * brain[:, None]
+    labels = torch.arange(n) % 2
+    for i in range(1, n, 2):
+        r, c = torch.randint(size // 2 - 4, size // 2 + 2, (2,), generator=generator).tolist()
+        x[i, 0, r : r + 3, c : c + 3] = 0.9
+    return x, labels, brain
+
+
+def test_the_constraint_has_non_zero_gradients_with_respect_to_the_weights():
+    torch.manual_seed(0)
+    network = LogitMapClassifier(1, widths=(4, 8))
+    x, labels, brain = _toy_batch(8)
+    for kind in ("gradient", "input_x_gradient", "expected_gradients"):
+        for form in attr.CONSTRAINT_FORMS:
+            refs, alpha = x.flip(0), torch.full((8,), 0.5)
+            _, _, constraint = attr.constrained_loss(network.lesion_logit, x, labels, brain, 1.0, form, kind, refs, alpha)
+            grads = torch.autograd.grad(constraint, list(network.parameters()), allow_unused=True)
+            # every layer's weights receive a gradient through the attribution (double backprop), incl. the first
+            assert all(g is not None for g in grads), (kind, form)
+            norms = [float(g.norm()) for g in grads]
+            assert min(norms[::2]) > 0, (kind, form, norms)  # conv weights (biases of the last layer: constant)
+
+
+def test_the_constraint_sees_brain_voxels_of_healthy_slices_only():
+    x, labels, brain = _toy_batch(4)
+    mask = attr.constrained_voxels(brain, labels)
+    assert mask[labels == 1].sum() == 0
+    assert torch.equal(mask[labels == 0], brain[labels == 0])
+    # attributions outside that mask do not change the constraint
+    a = torch.randn(4, 1, 16, 16)
+    b = a.clone()
+    b[labels == 1] += 100.0
+    b[:, :, ~brain[0]] -= 50.0
+    for form in attr.CONSTRAINT_FORMS:
+        assert torch.allclose(attr.attribution_constraint(a, brain, labels, form), attr.attribution_constraint(b, brain, labels, form))
+    # the authors' form is softplus(A) averaged; the squared form is the per-slice sum of A^2, averaged
+    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "bce"),
+                          torch.nn.functional.softplus(a[:, 0][mask]).mean())
+    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "squared"), a[:, 0][mask].square().sum() / 2)
+
+
+def _train_toy(lam: float, form: str, steps: int = 300) -> float:
+    """Train a tiny classifier on the toy problem; return the mean gradient attribution over the brain
+    voxels of fresh healthy slices."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    network = LogitMapClassifier(1, widths=(4, 8))
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    for _ in range(steps):
+        x, labels, brain = _toy_batch(16, generator=g)
+        loss, _, _ = attr.constrained_loss(network.lesion_logit, x, labels, brain, lam, form, "gradient")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, labels, brain = _toy_batch(32, generator=g)
+    a, logits = attr.gradient_attribution(network.lesion_logit, x)
+    healthy = attr.constrained_voxels(brain, labels)
+    acc = float(((logits > 0).long() == labels).float().mean())
+    assert acc >= 0.9, f"the toy classifier did not learn (accuracy {acc})"
+    return a[:, 0][healthy]
+
+
+@pytest.fixture(scope="module")
+def toy_attributions():
+    return {
+        "none": _train_toy(0.0, "bce"),
+        "bce": _train_toy(1.0, "bce"),
+        "squared": _train_toy(1e4, "squared"),
+    }
+
+
+def test_the_bce_form_leaves_healthy_attributions_negative(toy_attributions):
+    a = toy_attributions["bce"]
+    assert float(a.mean()) < 0
+    assert float(a.mean()) < float(toy_attributions["none"].mean())
+
+
+def test_the_squared_form_shrinks_healthy_attributions(toy_attributions):
+    assert float(toy_attributions["squared"].abs().mean()) < 0.5 * float(toy_attributions["none"].abs().mean())
+
+
+class _RecordingLog(NullLog):
+    def __init__(self):
+        self.evaluations = 0
+
+    def evaluate(self, step):
+        self.evaluations += 1
+        return float(step)  # later is "better": the last evaluated weights are kept
+
+
+def test_fit_sees_images_labels_and_brain_masks_only(monkeypatch):
+    x, labels, brain = _toy_batch(24)
+    train = SliceSet(x.repeat(1, 2, 1, 1), labels, brain, ("t1", "flair"))
+    assert {f for f in vars(train)} == {"images", "labels", "brain", "modalities"}  # no lesion mask to read
+    seen = []
+    original = attr.attribution_constraint
+
+    def spy(attribution, brain_batch, labels_batch, form="bce"):
+        seen.append((brain_batch.clone(), labels_batch.clone()))
+        return original(attribution, brain_batch, labels_batch, form)
+
+    monkeypatch.setattr(attr, "attribution_constraint", spy)
+    config = Wargnier.make_config("smoke", {"widths": (4, 8), "max_steps": 6, "batch_size": 8, "eval_every": 3})
+    method = Wargnier(config, "cpu", train.modalities)
+    log = _RecordingLog()
+    torch.manual_seed(0)
+    method.fit(train, train, log)
+    assert log.evaluations == 2
+    rows = {hashlib.sha1(b.numpy().tobytes()).hexdigest() for b in brain}
+    assert len(seen) == 6
+    for brain_batch, labels_batch in seen:
+        assert len(brain_batch) == 8 and int((labels_batch == 0).sum()) == 4  # balanced batches
+        assert all(hashlib.sha1(b.numpy().tobytes()).hexdigest() in rows for b in brain_batch)
+    out = method.predict(train.images[:5])
+    assert out.maps.shape == (5, 16, 16) and (out.maps >= 0).all()
+    assert out.scores is not None and ((out.scores > 0) & (out.scores < 1)).all()
+    assert all(p.requires_grad for p in method.network.parameters())  # predict gives them back
+
+
+def test_saliency_is_the_unconstrained_classifier():
+    assert Saliency.make_config("quick").constraint_weight == 0
+    assert Wargnier.make_config("quick").constraint_weight > 0
+    with pytest.raises(ValueError, match="constraint_weight must be 0"):
+        Saliency.make_config("quick", {"constraint_weight": 1.0})
+
+
+def test_maps_combine_attributions_on_one_scale_and_round_trip_through_state():
+    x, labels, brain = _toy_batch(16)
+    train = SliceSet(x, labels, brain, ("flair",))
+    kinds = ("gradient", "input_x_gradient", "expected_gradients", "integrated_gradients")
+    config = Wargnier.make_config("smoke", {"widths": (4, 8), "max_steps": 3, "map_attributions": kinds})
+    torch.manual_seed(0)
+    method = Wargnier(config, "cpu", train.modalities)
+    method.fit(train, train, NullLog())
+    assert set(method.map_scales) == set(kinds) and all(s > 0 for s in method.map_scales.values())
+    first = method.predict(x)
+    again = Wargnier(config, "cpu", train.modalities)
+    again.load_state_dict(method.state_dict())
+    second = again.predict(x)
+    assert torch.allclose(first.maps, second.maps) and torch.allclose(first.scores, second.scores)
+
+
+def test_run_through_the_cli_in_the_smoke_profile(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from lesionbench.cli import main
+
+    workdir = tmp_path / "runs"
+    code = main(["run", "--methods", "wargnier", "saliency", "--datasets", "synth-ms", "--seeds", "0",
+                 "--profile", "smoke", "--workdir", str(workdir), "--device", "cpu"])
+    assert code == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lesionbench").experiment_id])
+    assert sorted(r.data.tags["method"] for r in runs) == ["saliency", "wargnier"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert 0 < r.data.metrics["test/auprc"] <= 1
+    assert main(["leaderboard", "--workdir", str(workdir), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "| wargnier" in out and "| saliency" in out
