@@ -152,8 +152,13 @@ def cmd_run(args) -> int:
     skipped = sum(r.status == "skipped" for r in results)
     console.print(f"{done} cells run, {skipped} skipped (already finished; --force re-runs), {len(failed)} failed")
     if done + skipped:
+        from lesionbench.leaderboard.tables import LeaderboardError
+
         names = sorted({r.dataset for r in results if r.status != "failed"})
-        print_leaderboard(uri, args.experiment, "table", args.metrics, names, None, "native" if args.eval_native else "resampled")
+        try:
+            print_leaderboard(uri, args.experiment, "table", args.metrics, names, None, "native" if args.eval_native else "resampled")
+        except LeaderboardError as exc:  # the cells ran and are recorded; only the table is refused
+            console.print(f"[yellow]no leaderboard table: {exc}[/yellow]")
     console.print(f"results: MLflow {uri} (experiment {args.experiment!r}); splits and cache under {args.workdir}")
     if args.save_maps and done:
         console.print(f"maps: NIfTI in the source space under {args.save_maps}")
