@@ -70,7 +70,7 @@ _PROFILES = {
     # <= ~30 s per dataset on 2 CPU cores (the README's main job)
     "demo": dict(batch_size=32, lr=2e-3, max_steps=250, max_minutes=0.35, eval_every=25),
     # a meaningful CPU result: <= ~3 min of training, well inside 5 min per cell with predict
-    "quick": dict(batch_size=32, lr=2e-3, max_steps=3000, max_minutes=2.5, eval_every=50),
+    "quick": dict(batch_size=16, lr=2e-3, max_steps=5000, max_minutes=2.5, eval_every=60),
     # GPU: longer training, wider network; the combination of maps the paper found robust
     "paper": dict(widths=(32, 64, 128, 128), batch_size=64, lr=1e-4, max_steps=50_000, eval_every=1000, log_every=50,
                   map_attributions=("gradient", "input_x_gradient", "expected_gradients", "integrated_gradients"),
