@@ -89,7 +89,23 @@ def speed(size_name: str, device: torch.device, batch: int | None, timed_steps: 
     print(f"  slices per second{extrapolated}: ours {ours_sps:.4f} vs peer {ref_sps:.5f} -> x{ours_sps / ref_sps:.0f}")
 
 
-def quality(device: torch.device, strides: list[int], workdir: str | None, val_cases: int, batch: int) -> None:
+def config_overrides(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs typed like ``lesionbench run --set wolleb.key=value``."""
+    import typing
+
+    from lesionbench.config import parse_value
+    from lesionbench.methods.wolleb.method import WollebConfig
+
+    types = typing.get_type_hints(WollebConfig)
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key = key.removeprefix("wolleb.")
+        out[key] = parse_value(value, types[key], key)
+    return out
+
+
+def quality(device: torch.device, strides: list[int], workdir: str | None, val_cases: int, batch: int, overrides: dict) -> None:
     from pathlib import Path
 
     from lesionbench import metrics as M
@@ -108,7 +124,7 @@ def quality(device: torch.device, strides: list[int], workdir: str | None, val_c
     dataset = PreparedDataset(adapter, data, split, root / "cache")
     seed = 0
     seed_everything(seed)
-    method = Wolleb(Wolleb.make_config("quick"), device, dataset.modalities)
+    method = Wolleb(Wolleb.make_config("quick", overrides), device, dataset.modalities)
     cases = dataset.val_cases()[:val_cases]
     log = HarnessLog(None, method, cases, batch, "auprc", parts_dir=root / "parts",
                      parts_key=[dataset.preprocessing, split_hash(split), seed, str(device.type)])  # the runner's key
@@ -140,6 +156,8 @@ def main() -> None:
     parser.add_argument("--strides", type=int, nargs="*", default=[250, 100, 50, 25])
     parser.add_argument("--val-cases", type=int, default=6)
     parser.add_argument("--workdir", default=None, help="a `lesionbench run` workdir whose cached parts to reuse")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="quick-profile overrides for the quality table, as the run's --set wolleb.KEY=VALUE")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,7 +165,7 @@ def main() -> None:
     for size in args.sizes:
         speed(size, device, args.batch, args.timed_steps, args.ref_slices)
     if args.quality:
-        quality(device, args.strides, args.workdir, args.val_cases, 64)
+        quality(device, args.strides, args.workdir, args.val_cases, 64, config_overrides(args.overrides))
 
 
 if __name__ == "__main__":

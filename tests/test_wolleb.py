@@ -101,7 +101,8 @@ def test_hybrid_loss_is_finite_and_reduces_to_mse_plus_vlb():
 # -- wolleb on tiny brains ---------------------------------------------------------------------------
 
 
-def test_fit_sees_only_images_labels_and_brain(data):
+@pytest.mark.parametrize("cls", [Wolleb, DDPM])
+def test_fit_sees_only_images_labels_and_brain(cls, data):
     """Masks never reach training: the SliceSet has no mask, and fit reads nothing else of it."""
     train, _ = data
     assert not any("mask" in f or "lesion" in f for f in SliceSet.__dataclass_fields__)
@@ -114,7 +115,8 @@ def test_fit_sees_only_images_labels_and_brain(data):
             return super().__getattribute__(name)
 
     recorded = Recording(train.images, train.labels, train.brain, train.modalities)
-    method = Wolleb(Wolleb.make_config("smoke", {"steps": 1, "classifier_steps": 1}), "cpu", MODALITIES)
+    overrides = {"steps": 1, "classifier_steps": 1} if cls is Wolleb else {"steps": 1}
+    method = cls(cls.make_config("smoke", overrides), "cpu", MODALITIES)
     method.fit(recorded, recorded, NullLog())
     assert read <= {"images", "labels", "brain", "modalities", "healthy"}, read
 
