@@ -340,26 +340,33 @@ def evaluate(test: Sequence[ScoredVolume], val: Sequence[ScoredVolume]) -> Evalu
     import pandas as pd  # only the evaluation needs pandas
 
     notes: list[str] = []
-    test_c, val_c = _check_all(test, "test"), _check_all(val, "validation")
+    test_c = _check_all(test, "test")
+    val_c = [_check(v) for v in val]
     test_s, test_y = _pooled(test_c)
-    with _Collect(notes, "validation"):
-        val_m = _split_metrics(val_c, *_pooled(val_c))
-        # dice_val: the threshold that maximises pooled validation Dice (uses validation voxel masks).
-        t_val = val_m["dice_best_threshold"]
-        if math.isnan(t_val):
-            warnings.warn(
-                "no lesion voxels in the validation split: dice_val cannot be computed", UndefinedMetricWarning
-            )
-        # dice_fpr5: flags 5 % of the brain voxels of healthy validation slices (image labels only).
-        healthy = np.concatenate([c.map[c.slice_labels == 0][c.brain[c.slice_labels == 0]] for c in val_c])
-        if healthy.size:
-            t_fpr5 = threshold_at_rate(healthy, 0.05)
-        else:
-            t_fpr5 = NAN
-            warnings.warn(
-                "no healthy (label 0) slice with brain voxels in the validation split: dice_fpr5 cannot be computed",
-                UndefinedMetricWarning,
-            )
+    val_m, t_val, t_fpr5 = {}, NAN, NAN
+    if not val_c:
+        message = ("the split has no validation case, so dice_val, dice_val_vol_mean, dice_val_vol_std and "
+                   "dice_fpr5 (thresholds chosen on validation) are not computed (NaN); the other metrics are reported")
+        notes.append(message)
+        warnings.warn(message, UndefinedMetricWarning)
+    else:
+        with _Collect(notes, "validation"):
+            val_m = _split_metrics(val_c, *_pooled(val_c))
+            # dice_val: the threshold that maximises pooled validation Dice (uses validation voxel masks).
+            t_val = val_m["dice_best_threshold"]
+            if math.isnan(t_val):
+                warnings.warn(
+                    "no lesion voxels in the validation split: dice_val cannot be computed", UndefinedMetricWarning
+                )
+            # dice_fpr5: flags 5 % of the brain voxels of healthy validation slices (image labels only).
+            healthy = np.concatenate([c.map[c.slice_labels == 0][c.brain[c.slice_labels == 0]] for c in val_c])
+            if healthy.size:
+                t_fpr5 = threshold_at_rate(healthy, 0.05)
+            else:
+                warnings.warn(
+                    "no healthy (label 0) slice with brain voxels in the validation split: dice_fpr5 cannot be computed",
+                    UndefinedMetricWarning,
+                )
 
     with _Collect(notes, "test"):
         test_m = _split_metrics(test_c, test_s, test_y)

@@ -174,27 +174,6 @@ def save_maps(dataset: PreparedDataset, cases: list[PreparedCase], scored: list[
     return folder
 
 
-def evaluate_without_val(test: list[M.ScoredVolume], dataset: str) -> M.Evaluation:
-    """Test metrics when the split has no validation case: what needs one (dice_val*, dice_fpr5) is NaN,
-    and the warning says so plainly."""
-    import pandas as pd
-
-    nan = float("nan")
-    message = (f"dataset {dataset}: the split has no validation case, so dice_val, dice_val_vol_mean, "
-               "dice_val_vol_std and dice_fpr5 (thresholds chosen on validation) are not computed (NaN); "
-               "the other metrics are reported")
-    test_m = M.evaluate_split(test)
-    test_m.update(dice_val=nan, dice_fpr5=nan, dice_val_vol_mean=nan, dice_val_vol_std=nan, dice_val_n_volumes=nan)
-    rows = []
-    for sv in test:
-        scores, labels = sv.map[sv.brain].astype(np.float64), sv.lesion[sv.brain]
-        vm = M.pooled_curve_metrics(scores, labels) if labels.any() else {}
-        rows.append(dict(case_id=sv.case_id, n_brain=int(labels.size), n_lesion=int(labels.sum()),
-                         auprc=vm.get("auprc", nan), dice_best=vm.get("dice_best", nan), dice_val=nan, dice_fpr5=nan))
-    per_volume = pd.DataFrame(rows, columns=["case_id", "n_brain", "n_lesion", "auprc", "dice_best", "dice_val", "dice_fpr5"])
-    return M.Evaluation(test=test_m, val={}, thresholds=dict(dice_val=nan, dice_fpr5=nan), per_volume=per_volume, warnings=[message])
-
-
 def predict_cases(method: Method, cases: list[PreparedCase], batch: int) -> tuple[list[M.ScoredVolume], int]:
     """Predict every brain slice of each case, batched, and stack the maps back into volumes."""
     scored, n_slices = [], 0
@@ -488,7 +467,7 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
             test_eval = [native_scored(dataset, c, sv) for c, sv in zip(test_cases, test_scored)]
         else:
             val_eval, test_eval = val_scored, test_scored
-        evaluation = M.evaluate(test_eval, val_eval) if val_eval else evaluate_without_val(test_eval, dataset.name)
+        evaluation = M.evaluate(test_eval, val_eval)
         result.warnings = list(evaluation.warnings)
         if request.save_maps is not None:
             written = save_maps(dataset, test_cases, test_scored, Path(request.save_maps) / dataset.name / variant.label / f"seed{seed}")

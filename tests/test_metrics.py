@@ -403,3 +403,16 @@ def test_bad_volumes_name_the_case(breakage, match):
         evaluate(test, make_split("v", 11))
     with pytest.raises(ValueError, match="case t2"):
         evaluate_split(test)
+
+
+def test_no_validation_case_reports_test_metrics_and_says_why():
+    rng = np.random.default_rng(7)
+    lesion = rng.random((2, 8, 8)) < 0.2
+    vol = ScoredVolume("t0", rng.random((2, 8, 8)) + lesion, np.ones((2, 8, 8), bool), lesion,
+                       rng.random(2), np.array([1, 1], np.int8))
+    with pytest.warns(UserWarning, match="no validation case"):
+        ev = evaluate([vol], [])
+    assert math.isnan(ev.test["dice_val"]) and math.isnan(ev.test["dice_fpr5"]) and ev.val == {}
+    scores, labels = vol.map.ravel(), lesion.ravel()
+    assert ev.test["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+    assert any("no validation case" in w for w in ev.warnings)
