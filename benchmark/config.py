@@ -33,10 +33,10 @@ class DataConfig:
     size: int = 64  # in-plane slice size after the dataset's crop and scale
     min_lesion_voxels: int = 5  # a slice with 0 < lesion voxels < this is ambiguous (left out of training)
     min_brain_fraction: float = 0.05  # training slices need at least this fraction of brain pixels
-    # per-volume percentile clip inside the brain, then scaled to [0, 1]; lesions are a small bright (or dark)
-    # tail, so a 1-99 % clip would tie them with normal tissue (small MS loads are ~0.1 % of the brain)
-    clip_low: float = 0.1
-    clip_high: float = 99.9
+    # per-volume percentile clip inside the brain, then scaled to [0, 1]; real-data adapters default to
+    # 0.1-99.9 % (data_defaults): small MS loads are ~0.1 % of the brain and a 99 % clip ties them with normal tissue
+    clip_low: float = 1.0
+    clip_high: float = 99.0
     val_fraction: float = 0.15  # subject-level split fractions (ignored with --split FILE)
     test_fraction: float = 0.25
     subjects: int = 40  # synthetic sets: number of subjects

@@ -93,12 +93,10 @@ def resolve_dataset(spec: str, plugins: Plugins) -> type:
 
 
 def data_for_dataset(cls, data: DataConfig, explicit: set[str]) -> DataConfig:
-    """The adapter's default slice size (real data: large enough for small lesions) unless the user set
-    ``data.size`` in the config file or with --set; the profiles' sizes are for the synthetic sets."""
-    default = getattr(cls, "default_size", None)
-    if default is None or "size" in explicit:
-        return data
-    return dataclasses.replace(data, size=int(default))
+    """The adapter's ``data_defaults`` (real data: a slice size at which small lesions survive, a clip that
+    keeps them above normal tissue) for the keys the user did not set in the config file or with --set."""
+    defaults = {k: v for k, v in cls.data_defaults.items() if k not in explicit}
+    return dataclasses.replace(data, **defaults) if defaults else data
 
 
 def explicit_data_keys(request: "RunRequest") -> set[str]:

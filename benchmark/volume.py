@@ -76,6 +76,9 @@ class DatasetAdapter(abc.ABC):
     description: ClassVar[str]
     #: Adapters that need files say so; ``run`` with no data path uses the synthetic ones.
     needs_root: ClassVar[bool] = False
+    #: ``data.*`` defaults of this kind of data (e.g. a larger slice size for real MRI); the user's
+    #: ``--config`` / ``--set`` values win over them.
+    data_defaults: ClassVar[dict] = {}
 
     def __init__(self, root: Path | None = None, **options):
         self.root = Path(root) if root is not None else None

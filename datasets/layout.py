@@ -70,7 +70,7 @@ class LayoutAdapter(DatasetAdapter):
 
     layout: ClassVar[Layout]
     needs_root = True
-    default_size: ClassVar[int | None] = REAL_DATA_SIZE
+    data_defaults: ClassVar[dict] = {"size": REAL_DATA_SIZE, "clip_low": 0.1, "clip_high": 99.9}
     affine_tolerance: ClassVar[float] = 1e-3
 
     def __init__(self, root: Path | None = None, modalities: tuple[str, ...] = (), **options):
@@ -188,7 +188,7 @@ def nifti_dataset(path: str | Path) -> type[LayoutAdapter]:
         "name": spec.get("name", path.stem),
         "description": spec.get("description", f"NIfTI layout from {path.name}"),
         "layout": layout,
-        "default_size": int(spec.get("size", REAL_DATA_SIZE)),
+        "data_defaults": {**LayoutAdapter.data_defaults, "size": int(spec.get("size", REAL_DATA_SIZE))},
         "default_root": (path.parent / root) if root else None,  # relative to the TOML file
         "layout_file": path,
         "__module__": __name__,
