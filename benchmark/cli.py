@@ -251,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     from lesionbench.plugins import PluginError, UnknownNameError
     from lesionbench.volume import DataError
 
+    from lesionbench.metrics import UndefinedMetricWarning
+
     args = build_parser().parse_args(argv)
+    # the runner prints these with the cell they belong to, and MLflow tags them
+    warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
     commands = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
     try:
         return commands[args.command](args)
