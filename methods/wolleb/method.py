@@ -80,8 +80,8 @@ class Wolleb(Method):
                      classifier_widths=(16, 32), classifier_attention=(False, False), classifier_steps=40,
                      classifier_minutes=0.15, noise_level=500, stride=250, guidance_scale=5.0),
         # a meaningful CPU result within <= 5 min per cell on 2 idle cores (fit <= 3.7 min, predict on val + test the rest)
-        "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=250, max_minutes=2.5, lr=1e-3,
-                      classifier_widths=(16, 32, 64), classifier_steps=200, classifier_minutes=1.2,
+        "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=250, lr=1e-3,
+                      classifier_widths=(16, 32, 64), classifier_steps=200,
                       noise_level=600, stride=100, guidance_scale=5.0),
         # the authors' settings (GPU; the paper uses 256x256 slices)
         "paper": dict(widths=(128, 128, 256, 256, 512, 512), res_blocks=2, attention=(False, False, False, False, True, False),
