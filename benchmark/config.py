@@ -48,7 +48,7 @@ class DataConfig:
 #: Data settings per profile (the smoke profile keeps the test suite fast on 2 cores).
 DATA_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"size": 32, "subjects": 14, "depth": 12},
-    "demo": {},
+    "demo": {"subjects": 24, "depth": 24},  # the README's main job: every method, both sets, a few minutes
     "quick": {},
     "paper": {"size": 128},
 }
