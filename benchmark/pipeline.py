@@ -147,7 +147,7 @@ class PreparedDataset:
     def _store(self, case: str, prepared: PreparedCase) -> None:
         self._cache[case] = prepared
         path = self._case_path(case)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # workers sharing the cache write their own temp file
         native = prepared.native
         np.savez(tmp, image=prepared.image, brain=prepared.brain, lesion=prepared.lesion, labels=prepared.labels,
                  native_shape=np.array(native.shape), native_brain=native.brain_bits, native_lesion=native.lesion_bits)
@@ -201,6 +201,6 @@ class PreparedDataset:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import tempfile
 import time
 import traceback
@@ -252,7 +253,7 @@ class HarnessLog:
             return torch.load(path, map_location="cpu", weights_only=True)
         state = train()
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # workers sharing the workdir write their own temp file
         torch.save(state, tmp)
         tmp.replace(path)
         return state
@@ -285,6 +286,9 @@ class RunRequest:
     eval_native: bool = False  # evaluate in the source voxel grid through the inverse transform
     save_maps: Path | None = None  # write test maps as NIfTI in the source space under this folder
     skip_bad: bool = False  # leave bad cases out (reported) instead of refusing the dataset
+    storage: str | None = None  # an Optuna storage URL: workers share the grid's cells through it (cellqueue)
+    study: str | None = None  # the shared queue's name (default: from the grid's cells)
+    heartbeat: int = 60  # seconds between a running cell's heartbeats; a cell silent for twice that is retried
 
 
 @dataclass
@@ -340,6 +344,21 @@ def plan(request: RunRequest, plugins: Plugins):
     return profile, data, variants, dataset_classes
 
 
+def prepare_dataset(spec: str, dcls, data: DataConfig, request: "RunRequest", workdir: Path, explicit: set[str],
+                    console) -> tuple[PreparedDataset, dict[str, str], Path]:
+    """A dataset of the grid: split, preprocessed (cached under the workdir), its split written to a file."""
+    data = data_for_dataset(dcls, data, explicit)
+    adapter = make_adapter(dcls, request.roots.get(dcls.name) or request.roots.get(spec), data)
+    split_file = request.split_files.get(dcls.name) or request.split_files.get(spec) or request.split_files.get("*")
+    split = dataset_split(adapter, data, request.split_seed, split_file)
+    dataset = PreparedDataset(adapter, data, split, workdir / "cache", skip_bad=request.skip_bad)
+    if dataset.skipped:
+        console.print(f"[yellow]dataset {dcls.name}: skipped {len(dataset.skipped)} bad case(s) (--skip-bad):[/yellow]")
+        for case, why in dataset.skipped.items():
+            console.print(f"[yellow]  {case}: {why}[/yellow]")
+    return dataset, dataset.split, write_split(dataset.split, workdir / "splits", dcls.name)
+
+
 def cell_hash(variant: Variant, dataset: PreparedDataset, split: dict, seed: int, eval_space: str) -> str:
     return stable_hash([variant.method.name, config_dict(variant.config), dataset.preprocessing, split_hash(split), seed, eval_space], 16)
 
@@ -351,6 +370,10 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
     from lesionbench.tracking import Tracker, default_tracking_uri, git_commit
 
     console = console or Console(stderr=True)
+    if request.storage:  # workers on several processes or machines share the cells
+        from lesionbench.cellqueue import run_shared_grid
+
+        return run_shared_grid(request, plugins, console, on_cell)
     profile, data, variants, dataset_classes = plan(request, plugins)
     workdir = check_workdir(request.workdir)
     device = resolve_device(request.device)
@@ -367,18 +390,8 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
         grid = progress.add_task("cells", total=total, status="")
         for spec, dcls in zip(request.datasets, dataset_classes):
             try:
-                dcls_data = data_for_dataset(dcls, data, explicit)
-                adapter = make_adapter(dcls, request.roots.get(dcls.name) or request.roots.get(spec), dcls_data)
-                split_file = request.split_files.get(dcls.name) or request.split_files.get(spec) or request.split_files.get("*")
-                split = dataset_split(adapter, dcls_data, request.split_seed, split_file)
                 progress.update(grid, status=f"preparing {dcls.name}")
-                dataset = PreparedDataset(adapter, dcls_data, split, workdir / "cache", skip_bad=request.skip_bad)
-                if dataset.skipped:
-                    console.print(f"[yellow]dataset {dcls.name}: skipped {len(dataset.skipped)} bad case(s) (--skip-bad):[/yellow]")
-                    for case, why in dataset.skipped.items():
-                        console.print(f"[yellow]  {case}: {why}[/yellow]")
-                split = dataset.split
-                split_path = write_split(split, workdir / "splits", dcls.name)
+                dataset, split, split_path = prepare_dataset(spec, dcls, data, request, workdir, explicit, console)
             except (DataError, ConfigError) as exc:
                 console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
                 for v in variants:
@@ -411,29 +424,44 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
     return results
 
 
-def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path, seed: int, cell: str, tracker,
-             device: torch.device, profile: str, request: RunRequest, commit: str, eval_space: str,
-             on_step=None) -> CellResult:
-    cls = variant.method
-    tags = {
-        "method": cls.name, "label": variant.label, "dataset": dataset.name, "seed": seed,
-        "split_seed": request.split_seed if not (request.split_files.get(dataset.name) or request.split_files.get("*")) else "file",
-        "profile": profile, "run_kind": "run", "cell": cell, "eval_space": eval_space,
-        "uses_val_voxel_labels": "false", "version": lesionbench.__version__, "git_commit": commit, "device": str(device),
+def cell_tags(variant: Variant, dataset: PreparedDataset, seed: int, profile: str, request: RunRequest, commit: str,
+              device: torch.device, run_kind: str, eval_space: str = "resampled") -> dict[str, Any]:
+    """The tags of design §6 (``cell`` is the caller's); ``uses_val_voxel_labels`` is settled after fit."""
+    split_file = request.split_files.get(dataset.name) or request.split_files.get("*")
+    return {
+        "method": variant.method.name, "label": variant.label, "dataset": dataset.name, "seed": seed,
+        "split_seed": "file" if split_file else request.split_seed, "profile": profile, "run_kind": run_kind,
+        "eval_space": eval_space, "uses_val_voxel_labels": "false", "version": lesionbench.__version__,
+        "git_commit": commit, "device": str(device),
     }
-    config = config_dict(variant.config)
-    params = {
-        **flatten(cls.name, config),
+
+
+def cell_params(cls: type[Method], config, dataset: PreparedDataset, split: dict, objective: str) -> dict[str, str]:
+    """The params of design §6: the flattened config, preprocessing and split hash."""
+    values = config_dict(config)
+    return {
+        **flatten(cls.name, values),
         **flatten("data", {k: v for k, v in dataset.preprocessing.items() if k != "geometry"}),
         "data.geometry": str(dataset.preprocessing["geometry"]),
         "data.preprocessing_hash": stable_hash(dataset.preprocessing),
         "split_hash": split_hash(split),
-        "config_hash": stable_hash([cls.name, config]),
+        "config_hash": stable_hash([cls.name, values]),
         "supervision": cls.supervision.value,
-        "objective": f"val/{request.objective}",
+        "objective": f"val/{objective}",
     }
+
+
+def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path, seed: int, cell: str, tracker,
+             device: torch.device, profile: str, request: RunRequest, commit: str, eval_space: str,
+             on_step=None, on_start: Callable[[str], None] | None = None) -> CellResult:
+    cls = variant.method
+    tags = cell_tags(variant, dataset, seed, profile, request, commit, device, "run", eval_space)
+    tags["cell"] = cell
+    params = cell_params(variant.method, variant.config, dataset, split, request.objective)
     run = tracker.start(f"{variant.label}/{dataset.name}/seed{seed}", tags, params)
     result = CellResult(variant.label, dataset.name, seed, "failed", run.run_id)
+    if on_start is not None:
+        on_start(run.run_id)
     try:
         seed_everything(seed)
         method = cls(variant.config, device=device, modalities=dataset.modalities)

@@ -4,6 +4,7 @@ user's file (case id -> train / val / test), written to a file and identified by
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def split_hash(split: dict[str, str]) -> str:
 def write_split(split: dict[str, str], directory: Path, dataset: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{dataset}-{split_hash(split)}.json"
-    path.write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # workers sharing the workdir may write it at once
+    tmp.write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     return path
 
 
