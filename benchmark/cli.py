@@ -1,4 +1,4 @@
-"""The ``lesionbench`` command line (design §7): list, run, leaderboard, check-data."""
+"""The ``lesionbench`` command line (design §7): list, run, tune, leaderboard, check-data."""
 
 from __future__ import annotations
 
@@ -55,6 +55,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-maps", type=Path, metavar="DIR",
                    help="write the test maps as NIfTI in the source space (shape and affine of the source files)")
     r.add_argument("--skip-bad", action="store_true", help="leave bad cases out (and report them) instead of refusing the dataset")
+    r.add_argument("--storage", help="Optuna storage URL (sqlite:///FILE, postgresql://...): workers started with the same "
+                                     "command share the grid's cells, each cell run once")
+    r.add_argument("--study", help="name of the shared cell queue (default: from the grid's cells)")
+    r.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="with --storage: seconds between a cell's heartbeats; a cell silent for 2S is queued again")
+
+    t = sub.add_parser("tune", help="Optuna search over a method's search space on the validation split; best config to TOML")
+    t.add_argument("--method", required=True, help="a method name (lesionbench list)")
+    t.add_argument("--dataset", required=True, help="a dataset name or a layout TOML file")
+    t.add_argument("--trials", type=int, required=True, help="trials of the study in all, shared by all its workers")
+    t.add_argument("--timeout", type=float, help="seconds after which this worker starts no new trial")
+    t.add_argument("--profile", choices=("smoke", "demo", "quick", "paper"), help="default: from --config, else quick")
+    t.add_argument("--workdir", type=Path, required=True)
+    t.add_argument("--storage", help="Optuna storage URL: sqlite:///FILE (default WORKDIR/tune/optuna.db), "
+                                     "postgresql://USER@HOST:PORT/DB (many machines), journal:FILE")
+    t.add_argument("--study", help="study name (default LABEL-DATASET-PROFILE-OBJECTIVE); the same name shares the study")
+    t.add_argument("--objective", default="val/auprc",
+                   help="validation metric to maximise: val/auprc (default), val/auroc, val/dice_best, "
+                        "val/slice_auroc or val/slice_ap (these two: image labels only, fully weakly supervised)")
+    t.add_argument("--seeds-final", type=int, default=0, metavar="K",
+                   help="when the study is complete: run the best config on seeds 0..K-1 and evaluate on test")
+    t.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU with --device cuda)")
+    t.add_argument("--pruner", choices=("median", "none"), default="median", help="stops trials whose log.evaluate values trail the median")
+    t.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="seconds between a trial's heartbeats (RDB storages); a trial silent for 2S is retried")
+    t.add_argument("--seed", type=int, default=0, help="run seed of every trial")
+    t.add_argument("--config", help="TOML file: fixed [<method>] keys and [data] (as for run)")
+    t.add_argument("--set", dest="set_options", action="append", default=[], metavar="NS.KEY=VALUE",
+                   help="fixed settings (data.size=64 / vae.max_steps=500); tuned keys come from the search space")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--split", action="append", default=[], metavar="[DATASET=]FILE")
+    t.add_argument("--root", action="append", default=[], metavar="DATASET=PATH")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db; a server for many machines)")
+    t.add_argument("--experiment", default="lesionbench")
+    t.add_argument("--skip-bad", action="store_true")
 
     lb = sub.add_parser("leaderboard", help="the leaderboard from tracked runs")
     lb.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
@@ -131,10 +167,7 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-
-    from lesionbench.runner import RunRequest, run_grid
-    from lesionbench.tracking import default_tracking_uri
+    from lesionbench.runner import RunRequest
 
     plugins = _plugins(args)
     request = RunRequest(
@@ -143,10 +176,21 @@ def cmd_run(args) -> int:
         split_seed=args.split_seed, split_files=_pairs(args.split, "--split", default_key="*"),
         roots=_pairs(args.root, "--root"), tracking_uri=args.tracking_uri, experiment=args.experiment,
         objective=args.objective, eval_native=args.eval_native, save_maps=args.save_maps, skip_bad=args.skip_bad,
+        storage=args.storage, study=args.study, heartbeat=args.heartbeat,
     )
+    return run_and_report(request, plugins, args.metrics)
+
+
+def run_and_report(request, plugins, metrics=None) -> int:
+    """Run a grid, print the leaderboard and where the results went; 1 when a cell failed."""
+    from rich.console import Console
+
+    from lesionbench.runner import run_grid
+    from lesionbench.tracking import default_tracking_uri
+
     console = Console(stderr=True)
     results = run_grid(request, plugins, console)
-    uri = args.tracking_uri or default_tracking_uri(args.workdir)
+    uri = request.tracking_uri or default_tracking_uri(request.workdir)
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "finished" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
@@ -156,15 +200,85 @@ def cmd_run(args) -> int:
 
         names = sorted({r.dataset for r in results if r.status != "failed"})
         try:
-            print_leaderboard(uri, args.experiment, "table", args.metrics, names, None, "native" if args.eval_native else "resampled")
+            print_leaderboard(uri, request.experiment, "table", metrics, names, None, "native" if request.eval_native else "resampled")
         except LeaderboardError as exc:  # the cells ran and are recorded; only the table is refused
             console.print(f"[yellow]no leaderboard table: {exc}[/yellow]")
-    console.print(f"results: MLflow {uri} (experiment {args.experiment!r}); splits and cache under {args.workdir}")
-    if args.save_maps and done:
-        console.print(f"maps: NIfTI in the source space under {args.save_maps}")
+    console.print(f"results: MLflow {uri} (experiment {request.experiment!r}); splits and cache under {request.workdir}")
+    if request.save_maps and done:
+        console.print(f"maps: NIfTI in the source space under {request.save_maps}")
     for r in failed:
         console.print(f"[red]failed: {r.label} / {r.dataset} / seed {r.seed}: {r.error}[/red]")
     return 1 if failed else 0
+
+
+def _tune_argv(args) -> list[str]:
+    """The tune command line of the extra workers of --workers (device and final runs set per worker)."""
+    argv = ["--method", args.method, "--dataset", args.dataset, "--trials", str(args.trials), "--workdir", str(args.workdir),
+            "--objective", args.objective, "--pruner", args.pruner, "--heartbeat", str(args.heartbeat), "--seed", str(args.seed),
+            "--split-seed", str(args.split_seed), "--experiment", args.experiment]
+    for flag, value in (("--timeout", args.timeout), ("--profile", args.profile), ("--storage", args.storage),
+                        ("--study", args.study), ("--config", args.config), ("--tracking-uri", args.tracking_uri)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, values in (("--set", args.set_options), ("--split", args.split), ("--root", args.root)):
+        for v in values:
+            argv += [flag, v]
+    if args.skip_bad:
+        argv.append("--skip-bad")
+    if args.strict_plugins:
+        argv.insert(0, "--strict-plugins")
+    return argv
+
+
+def cmd_tune(args) -> int:
+    from rich.console import Console
+
+    from lesionbench.runner import RunRequest
+    from lesionbench.storage import display_url
+    from lesionbench.tuning import Tuner, TuneRequest, spawn_workers, summary_table, worker_devices
+
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers {args.workers}: give at least 1")
+    if args.seeds_final < 0:
+        raise SystemExit(f"error: --seeds-final {args.seeds_final}: give 0 or more seeds")
+    plugins = _plugins(args)
+    console = Console(stderr=True)
+    devices = worker_devices(args.device, args.workers)
+    request = TuneRequest(
+        method=args.method, dataset=args.dataset, trials=args.trials, workdir=args.workdir, timeout=args.timeout,
+        profile=args.profile, storage=args.storage, study=args.study, objective=args.objective, seed=args.seed,
+        config_file=args.config, set_options=args.set_options, device=devices[0], split_seed=args.split_seed,
+        split_files=_pairs(args.split, "--split", default_key="*"), roots=_pairs(args.root, "--root"),
+        tracking_uri=args.tracking_uri, experiment=args.experiment, skip_bad=args.skip_bad, pruner=args.pruner,
+        heartbeat=args.heartbeat,
+    )
+    tuner = Tuner(request, plugins, console)
+    study, created = tuner.open_study()
+    console.print(f"study {tuner.study_name!r} ({'created' if created else 'joined'}) in {display_url(tuner.url)}; "
+                  f"this worker: {tuner.worker} on {tuner.device}")
+    spawn = None
+    if args.workers > 1:
+        spawn = lambda: spawn_workers(_tune_argv(args), devices[1:], tuner.study_dir)  # noqa: E731
+        console.print(f"{args.workers - 1} more worker(s) on this machine; their logs: {tuner.study_dir}/worker-K.log")
+    summary = tuner.optimize(study, spawn)
+    Console(width=200).print(summary_table(summary))
+    uri = tuner.tracker.uri
+    console.print(f"results: MLflow {uri} (experiment {args.experiment!r}, study run {summary.study_run_id}); "
+                  f"study {summary.study!r} in {summary.storage}")
+    if args.seeds_final and summary.best_file is not None:
+        if not summary.complete:
+            console.print("[yellow]--seeds-final waits for the study to complete: repeat this command when the other "
+                          "workers are done (finished trials are not run again)[/yellow]")
+            return 0
+        console.print(f"final runs: {summary.best_file} on seeds 0..{args.seeds_final - 1}, evaluated on test")
+        final = RunRequest(
+            methods=None, datasets=[args.dataset], seeds=list(range(args.seeds_final)), profile=None,
+            workdir=args.workdir, config_file=str(summary.best_file), device=args.device, split_seed=args.split_seed,
+            split_files=request.split_files, roots=request.roots, tracking_uri=args.tracking_uri,
+            experiment=args.experiment, objective=summary.objective, skip_bad=args.skip_bad,
+        )
+        return run_and_report(final, plugins)
+    return 0
 
 
 def cmd_leaderboard(args) -> int:
@@ -256,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the runner prints these with the cell they belong to, and MLflow tags them
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
-    commands = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
+    commands = {"list": cmd_list, "run": cmd_run, "tune": cmd_tune, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
     try:
         return commands[args.command](args)
     except (ConfigError, UnknownNameError, PluginError, LeaderboardError, DataError) as exc:
