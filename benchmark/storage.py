@@ -107,7 +107,7 @@ def open_storage(url: str, heartbeat_s: int | None = 60,
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
 
-    url = with_installed_driver(url)
+    given, url = url, with_installed_driver(url)
     kwargs: dict[str, Any] = {}
     engine: dict[str, Any] = {}
     if _scheme(url) == "sqlite":
@@ -128,20 +128,20 @@ def open_storage(url: str, heartbeat_s: int | None = 60,
         kwargs.update(heartbeat_interval=int(heartbeat_s), grace_period=2 * int(heartbeat_s),
                       heartbeat_stale_trial_callback=stale)
     last: Exception | None = None
-    for attempt in range(5):
+    for _ in range(5):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
         except ImportError as exc:
             raise ConfigError(
-                f"--storage {display_url(url)}: the database driver is not installed ({exc.__cause__ or exc}); "
+                f"--storage {display_url(given)}: the database driver is not installed ({exc.__cause__ or exc}); "
                 "for PostgreSQL: pip install 'lesionbench[postgres]'"
             ) from None
         except sqlalchemy.exc.ArgumentError as exc:
-            raise ConfigError(f"--storage {display_url(url)}: {exc}") from None
+            raise ConfigError(f"--storage {display_url(given)}: {exc}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             last = exc  # another worker creating the tables, or a server still starting
             time.sleep(0.5 + random.random())
-    raise ConfigError(f"--storage {display_url(url)}: cannot open the storage: {str(last).splitlines()[0]}")
+    raise ConfigError(f"--storage {display_url(given)}: cannot open the storage: {str(last).splitlines()[0]}")
 
 
 def create_once(storage, name: str, setup: Callable[[Any], str], ready_attr: str, *, sampler=None, pruner=None,

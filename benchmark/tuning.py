@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lesionbench import metrics as M
-from lesionbench.config import ConfigError, config_dict, flatten, stable_hash
+from lesionbench.config import ConfigError, config_dict, stable_hash
 from lesionbench.method import Method
 from lesionbench.plugins import Plugins
 from lesionbench.runner import (
@@ -393,7 +393,6 @@ class Tuner:
 
     # -- the worker loop ------------------------------------------------------------------------
     def optimize(self, study, spawn: Callable[[], list] | None = None) -> TuneSummary:
-        from optuna.trial import TrialState
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         children = spawn() if spawn is not None else []
@@ -543,7 +542,10 @@ def summary_table(summary: TuneSummary):
     states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(summary.counts.items()))
     t.add_row("trials", f"{states} (requested {summary.requested}; this worker ran {summary.ran_here})")
     if not summary.complete:
-        t.add_row("status", "[yellow]not complete: trials still running or queued on other workers[/yellow]")
+        busy = summary.counts.get("RUNNING", 0) + summary.counts.get("WAITING", 0)
+        why = (f"{busy} trial(s) running or queued on other workers" if busy
+               else "fewer trials than requested (--timeout?): the same command continues the study")
+        t.add_row("status", f"[yellow]not complete: {why}[/yellow]")
     if summary.best_number is not None:
         t.add_row("best trial", f"{summary.best_number}: val/{summary.objective} = {summary.best_value:.4f}"
                                 + (f" (MLflow run {summary.best_run_id})" if summary.best_run_id else ""))
