@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -502,6 +503,10 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
         metrics.update({f"val/{k}": v for k, v in evaluation.val.items()})
         metrics.update({"time/fit_s": fit_s, "time/predict_s_per_slice": predict_s / max(n_test_slices, 1)})
         metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
+        # Wolleb et al.'s per-slice protocol, under its own prefix: never pooled with the metrics above
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", M.UndefinedMetricWarning)  # no lesion: already said by evaluate
+            metrics.update({f"wolleb_protocol/{k}": v for k, v in M.wolleb_protocol(test_eval).items()})
         run.metrics(metrics)
         for message in evaluation.warnings:
             run.tag("warning." + stable_hash(message, 6), message[:500])

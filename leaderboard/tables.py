@@ -18,10 +18,14 @@ COLUMNS = {
     "dice_fpr5": ("test/dice_fpr5", 1.0, True),
     "slice_auroc": ("test/slice_auroc", 1.0, True),
     "slice_ap": ("test/slice_ap", 1.0, True),
+    # Wolleb et al. (2022)'s per-slice protocol (Otsu per diseased slice): beside that paper, not beside ours
+    "wolleb_dice": ("wolleb_protocol/dice_otsu", 1.0, True),
+    "wolleb_auroc": ("wolleb_protocol/auroc", 1.0, True),
     "fit_s": ("time/fit_s", 1.0, False),
     "predict_ms": ("time/predict_s_per_slice", 1000.0, False),
 }
-HEADERS = {"dice_best": "⌈Dice⌉", "fit_s": "fit s", "predict_ms": "ms/slice"}
+HEADERS = {"dice_best": "⌈Dice⌉", "fit_s": "fit s", "predict_ms": "ms/slice", "wolleb_dice": "Otsu Dice (Wolleb)",
+           "wolleb_auroc": "slice AUROC (Wolleb)"}
 CONSISTENT_PER_DATASET = ("params.data.preprocessing_hash", "params.split_hash", "tags.eval_space")
 
 FOOTNOTE = (
@@ -30,6 +34,17 @@ FOOTNOTE = (
     "the threshold that maximises pooled Dice on the validation split (uses validation voxel labels); "
     "mean ± std over seeds ({seeds})."
 )
+
+
+WOLLEB_NOTE = (
+    " Otsu Dice / slice AUROC (Wolleb): Wolleb et al. (2022)'s protocol, a threshold per test slice (Otsu) and means over "
+    "diseased slices only; comparable with that paper's table, not with the pooled columns."
+)
+
+
+def footnote(seeds, metrics) -> str:
+    note = FOOTNOTE.format(seeds=", ".join(map(str, seeds)))
+    return note + (WOLLEB_NOTE if any(m.startswith("wolleb_") for m in metrics) else "")
 
 
 class LeaderboardError(ValueError):
@@ -128,7 +143,7 @@ def formatted(means, stds, bold: str = "**") -> pd.DataFrame:
 def render(runs: pd.DataFrame, fmt: str = "md", metrics=DEFAULT_METRICS, datasets=None) -> str:
     means, stds, counts = build_table(runs, metrics, datasets)
     seeds = sorted(runs["tags.seed"].unique(), key=lambda s: int(s) if str(s).isdigit() else str(s))
-    note = FOOTNOTE.format(seeds=", ".join(map(str, seeds)))
+    note = footnote(seeds, metrics)
     header = [f"{d} {HEADERS.get(m, m)}" for d, m in means.columns]
     if fmt == "csv":
         long = []
@@ -160,7 +175,7 @@ def rich_table(runs: pd.DataFrame, metrics=DEFAULT_METRICS, datasets=None):
     means, stds, _ = build_table(runs, metrics, datasets)
     table = formatted(means, stds, bold="")
     seeds = sorted(runs["tags.seed"].unique())
-    rt = Table(title="lesionbench leaderboard", caption=FOOTNOTE.format(seeds=", ".join(map(str, seeds))), caption_justify="left")
+    rt = Table(title="lesionbench leaderboard", caption=footnote(seeds, metrics), caption_justify="left")
     rt.add_column("label", style="bold")
     for d, m in means.columns:
         rt.add_column(f"{d}\n{HEADERS.get(m, m)}", justify="right")

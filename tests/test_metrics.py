@@ -416,3 +416,68 @@ def test_no_validation_case_reports_test_metrics_and_says_why():
     scores, labels = vol.map.ravel(), lesion.ravel()
     assert ev.test["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
     assert any("no validation case" in w for w in ev.warnings)
+
+
+# -- Wolleb et al.'s per-slice protocol ------------------------------------------------------------
+
+
+def _between_class_variances(values, bins=256):
+    """Otsu's criterion for every cut of the histogram, computed directly: {threshold: variance}."""
+    counts, edges = np.histogram(values, bins=bins, range=(values.min(), values.max()))
+    centres = (edges[:-1] + edges[1:]) / 2
+    out = {}
+    for k in range(bins - 1):
+        lo, hi = counts[: k + 1], counts[k + 1 :]
+        m_lo = (lo * centres[: k + 1]).sum() / lo.sum()
+        m_hi = (hi * centres[k + 1 :]).sum() / hi.sum()
+        out[centres[k]] = lo.sum() * hi.sum() * (m_lo - m_hi) ** 2
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_otsu_matches_brute_force_and_splits_two_modes(seed):
+    from lesionbench.metrics import otsu_threshold
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(0.0, 0.1, 3000), rng.normal(1.0 + seed, 0.2, 500 * (seed + 1))])
+    t = otsu_threshold(values)
+    # the criterion's maximum (cuts inside a run of empty bins tie up to rounding, so compare the criterion)
+    variances = _between_class_variances(values)
+    assert variances[t] == pytest.approx(max(variances.values()), rel=1e-12)
+    assert 0.3 < t < 0.7 + seed  # between the modes
+    assert otsu_threshold(np.full(10, 2.5)) == 2.5  # constant: nothing above the threshold
+
+
+def test_wolleb_protocol_averages_over_diseased_slices_only():
+    from lesionbench.metrics import wolleb_protocol
+
+    rng = np.random.default_rng(0)
+    shape = (3, 16, 16)
+    brain = np.zeros(shape, bool)
+    brain[:, 2:14, 2:14] = True
+    lesion = np.zeros(shape, bool)
+    lesion[1, 4:8, 4:8] = True  # found exactly: map high there
+    lesion[2, 10:13, 10:13] = True  # missed: the map is high elsewhere
+    m = rng.uniform(0, 0.1, shape)
+    m[1][lesion[1]] += 1.0
+    m[2, 3:6, 3:6] += 1.0
+    m[0, 5:9, 5:9] += 1.0  # a false positive on the healthy slice: not counted by this protocol
+    vol = ScoredVolume("v", m.astype(np.float32), brain, lesion, np.zeros(3), np.array([0, 1, 1], np.int8))
+    out = wolleb_protocol([vol])
+    assert out["n_slices"] == 2
+    assert out["dice_otsu"] == pytest.approx(0.5)  # 1 on slice 1, 0 on slice 2
+    expected_auroc = np.mean([roc_auc_score(lesion[d][brain[d]], m[d][brain[d]]) for d in (1, 2)])
+    assert out["auroc"] == pytest.approx(expected_auroc, abs=TOL)
+    # pooled metrics see the healthy slice's false positive; this protocol does not
+    assert evaluate_split([vol])["dice_best"] < out["dice_otsu"] * 2
+
+
+def test_wolleb_protocol_without_lesion_is_nan_with_a_warning():
+    from lesionbench.metrics import wolleb_protocol
+
+    shape = (2, 8, 8)
+    vol = ScoredVolume("h", np.random.default_rng(1).random(shape), np.ones(shape, bool), np.zeros(shape, bool),
+                       np.zeros(2), np.zeros(2, np.int8))
+    with pytest.warns(UndefinedMetricWarning, match="no slice with lesion"):
+        out = wolleb_protocol([vol])
+    assert math.isnan(out["dice_otsu"]) and out["n_slices"] == 0
