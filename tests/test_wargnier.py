@@ -130,7 +130,8 @@ def test_fit_sees_images_labels_and_brain_masks_only(monkeypatch):
     rows = {hashlib.sha1(b.numpy().tobytes()).hexdigest() for b in brain}
     assert len(seen) == 6
     for brain_batch, labels_batch in seen:
-        assert len(brain_batch) == 8 and int((labels_batch == 0).sum()) == 4  # balanced batches
+        # balanced batches of 8: the constraint sees their 4 healthy slices, and nothing of the lesion slices
+        assert len(brain_batch) == 4 and bool((labels_batch == 0).all())
         assert all(hashlib.sha1(b.numpy().tobytes()).hexdigest() in rows for b in brain_batch)
     out = method.predict(train.images[:5])
     assert out.maps.shape == (5, 16, 16) and (out.maps >= 0).all()
@@ -179,3 +180,13 @@ def test_run_through_the_cli_in_the_smoke_profile(tmp_path, capsys):
     assert main(["leaderboard", "--workdir", str(workdir), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "| wargnier" in out and "| saliency" in out
+
+
+def test_map_channel_reductions():
+    a = torch.tensor([[[[2.0]], [[-3.0]]], [[[1.0]], [[0.5]]]])  # [B=2, C=2, 1, 1]
+    assert attr.anomaly_map(a, "positive_sum").flatten().tolist() == [2.0, 1.5]  # a modality's push counts
+    assert attr.anomaly_map(a, "sum_positive").flatten().tolist() == [0.0, 1.5]  # opposite pushes cancel
+    with pytest.raises(ValueError, match="map channels"):
+        attr.anomaly_map(a, "mean")
+    with pytest.raises(ValueError, match="map_channels"):
+        Wargnier(Wargnier.make_config("smoke", {"map_channels": "max"}), "cpu", ("t1", "flair"))

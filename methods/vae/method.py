@@ -68,7 +68,7 @@ class VAE(Method):
         "smoke": dict(channels=(8, 16, 32), strides=(2, 2, 2), latent_size=32, batch_size=16, max_steps=100,
                       log_every=5),
         # ~20-30 s on 2 idle CPU cores at 4x64x64
-        "demo": dict(max_steps=600, max_minutes=1.0, eval_every=200),
+        "demo": dict(max_steps=600, eval_every=200),
         # a meaningful CPU result: ~2 min on 2 idle cores for ~700 healthy 4x64x64 slices (no wall-clock cap:
         # a cap would make the number of steps, and so the result, depend on the machine's load)
         "quick": dict(max_steps=3000, eval_every=500),

@@ -130,29 +130,41 @@ def constrained_loss(logit_fn: LogitFn, x: torch.Tensor, labels: torch.Tensor, b
                      lam: float, form: str = "bce", attribution: str = "gradient",
                      references: torch.Tensor | None = None, alpha: torch.Tensor | None = None):
     """Total loss = classification + lam * constraint (the paper's objective). Returns
-    (total, classification, constraint); the constraint is a detached zero when lam == 0, so that
-    the unconstrained baseline costs one ordinary backward pass."""
-    if lam == 0:
-        logits = logit_fn(x)
-        cls = classification_loss(logits, labels)
+    (total, classification, constraint); the constraint is a detached zero when lam == 0 or the batch has
+    no healthy slice, so that the unconstrained baseline costs one ordinary backward pass."""
+    logits = logit_fn(x)
+    cls = classification_loss(logits, labels)
+    healthy = labels == 0
+    if lam == 0 or not bool(healthy.any()):
         return cls, cls, torch.zeros((), device=x.device)
+    # Attributions of the healthy slices only: the constraint sees nothing else, and the double
+    # backpropagation (the expensive part) then runs over about half a balanced batch.
+    xh, brain_h, labels_h = x[healthy], brain[healthy], labels[healthy]
     if attribution == "gradient":
-        a, logits = gradient_attribution(logit_fn, x, create_graph=True)
+        a, _ = gradient_attribution(logit_fn, xh, create_graph=True)
     elif attribution == "input_x_gradient":
-        a, logits = input_x_gradient_attribution(logit_fn, x, create_graph=True)
+        a, _ = input_x_gradient_attribution(logit_fn, xh, create_graph=True)
     elif attribution == "expected_gradients":
         if references is None or alpha is None:
             raise ValueError("expected gradients need references and alpha")
-        a, _ = expected_gradients_attribution(logit_fn, x, references, alpha, create_graph=True)
-        logits = logit_fn(x)  # the classification term is on the images themselves
+        a, _ = expected_gradients_attribution(logit_fn, xh, references[healthy], alpha[healthy], create_graph=True)
     else:
         raise ValueError(f"training attribution must be one of {TRAIN_ATTRIBUTIONS}, not {attribution!r}")
-    cls = classification_loss(logits, labels)
-    constraint = attribution_constraint(a, brain, labels, form)
+    constraint = attribution_constraint(a, brain_h, labels_h, form)
     return cls + lam * constraint, cls, constraint
 
 
-def anomaly_map(attribution: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, H, W]: the positive part of the attribution summed over channels (the paper:
-    positive attributions of the lesion logit are the anomaly; summing the channels first is ours)."""
-    return attribution.sum(dim=1).clamp_min(0)
+#: how the channels (modalities) of an attribution become one map
+CHANNEL_REDUCTIONS = ("positive_sum", "sum_positive")
+
+
+def anomaly_map(attribution: torch.Tensor, channels: str = "positive_sum") -> torch.Tensor:
+    """[B, C, H, W] -> [B, H, W]: the positive attributions of the lesion logit (the paper: positive
+    attributions are the anomaly). How modalities combine is ours: ``positive_sum`` sums each channel's
+    positive part (a voxel counts when any modality pushes towards "lesion"); ``sum_positive`` takes the
+    positive part of the channel sum (modalities pushing in opposite directions cancel)."""
+    if channels == "positive_sum":
+        return attribution.clamp_min(0).sum(dim=1)
+    if channels == "sum_positive":
+        return attribution.sum(dim=1).clamp_min(0)
+    raise ValueError(f"map channels must be one of {CHANNEL_REDUCTIONS}, not {channels!r}")
