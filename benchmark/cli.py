@@ -96,11 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
     lb.add_argument("--tracking-uri")
     lb.add_argument("--experiment", default="lesionbench")
-    lb.add_argument("--format", choices=("table", "md", "latex", "csv"), default="table")
+    lb.add_argument("--format", choices=("table", "md", "latex", "csv", "html"), default="table",
+                    help="table (terminal), md, latex (booktabs), csv (long: one value per run, volume and metric), "
+                         "html (a self-contained page with the qualitative grids; needs --out)")
     lb.add_argument("--out", type=Path, help="write to this file instead of printing")
     lb.add_argument("--metrics", nargs="+", default=None)
     lb.add_argument("--datasets", nargs="+", default=None)
     lb.add_argument("--eval-space", choices=("resampled", "native"), help="only runs evaluated in this space")
+    lb.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="bootstrap resamples of the test volumes for the 95%% intervals (0: none)")
+    lb.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
 
     cd = sub.add_parser("check-data", help="load every case of a dataset and check it")
     cd.add_argument("--dataset", required=True, help="a dataset name or a layout TOML file")
@@ -144,7 +149,7 @@ def cmd_list(args) -> int:
 
 
 def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None,
-                      eval_space: str | None = None) -> None:
+                      eval_space: str | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0) -> None:
     from rich.console import Console
 
     from lesionbench.leaderboard.tables import DEFAULT_METRICS, LeaderboardError, load_runs, render, rich_table
@@ -155,12 +160,17 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
         runs = runs[runs["tags.eval_space"] == eval_space]
         if runs.empty:
             raise LeaderboardError(f"no finished runs evaluated in the {eval_space} space")
+    if n_resamples < 0:
+        raise LeaderboardError(f"--bootstrap {n_resamples}: give 0 (no intervals) or more resamples")
+    if fmt == "html" and out is None:
+        raise LeaderboardError("--format html writes a page: give --out FILE.html")
     if fmt == "table" and out is None:
-        Console(width=200).print(rich_table(runs, metrics, datasets))
+        Console(width=200).print(rich_table(runs, metrics, datasets, n_resamples, bootstrap_seed))
         return
-    text = render(runs, "md" if fmt == "table" else fmt, metrics, datasets)
+    text = render(runs, "md" if fmt == "table" else fmt, metrics, datasets, n_resamples, bootstrap_seed)
     if out is not None:
-        out.write_text(text)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
         print(f"leaderboard written to {out}", file=sys.stderr)
     else:
         print(text)
@@ -235,7 +245,7 @@ def cmd_tune(args) -> int:
 
     from lesionbench.runner import RunRequest
     from lesionbench.storage import display_url
-    from lesionbench.tuning import Tuner, TuneRequest, spawn_workers, summary_table, worker_devices
+    from lesionbench.tuning import Tuner, TuneRequest, cpu_threads_per_worker, spawn_workers, summary_table, worker_devices
 
     if args.workers < 1:
         raise SystemExit(f"error: --workers {args.workers}: give at least 1")
@@ -258,8 +268,14 @@ def cmd_tune(args) -> int:
                   f"this worker: {tuner.worker} on {tuner.device}")
     spawn = None
     if args.workers > 1:
-        spawn = lambda: spawn_workers(_tune_argv(args), devices[1:], tuner.study_dir)  # noqa: E731
-        console.print(f"{args.workers - 1} more worker(s) on this machine; their logs: {tuner.study_dir}/worker-K.log")
+        threads = cpu_threads_per_worker(devices)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        spawn = lambda: spawn_workers(_tune_argv(args), devices[1:], tuner.study_dir, threads)  # noqa: E731
+        console.print(f"{args.workers - 1} more worker(s) on this machine; their logs: {tuner.study_dir}/worker-K.log"
+                      + (f"; {threads} CPU thread(s) per worker" if threads else ""))
     summary = tuner.optimize(study, spawn)
     Console(width=200).print(summary_table(summary))
     uri = tuner.tracker.uri
@@ -287,7 +303,8 @@ def cmd_leaderboard(args) -> int:
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
         raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
-    print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space)
+    print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
+                      args.bootstrap, args.bootstrap_seed)
     return 0
 
 

@@ -514,16 +514,29 @@ def worker_devices(device: str, workers: int) -> list[str]:
     return [device] * workers
 
 
-def spawn_workers(argv: list[str], devices: list[str], log_dir: Path) -> list[subprocess.Popen]:
-    """Start the extra local workers of ``--workers N`` (the same command, one worker each; logs in files)."""
+def cpu_threads_per_worker(devices: list[str]) -> int | None:
+    """Local workers that all compute on the CPU share its cores (K workers of ``cores // K`` threads each,
+    instead of K x cores threads fighting over them); None when a worker has a GPU or there is one worker."""
+    import torch
+
+    on_cpu = all(d == "cpu" or (d == "auto" and not torch.cuda.is_available()) for d in devices)
+    if len(devices) < 2 or not on_cpu:
+        return None
+    return max(1, (os.cpu_count() or 1) // len(devices))
+
+
+def spawn_workers(argv: list[str], devices: list[str], log_dir: Path, threads: int | None = None) -> list[subprocess.Popen]:
+    """Start the extra local workers of ``--workers N`` (the same command, one worker each; logs in files);
+    ``threads``: the CPU threads of each (OMP_NUM_THREADS), None to leave torch's default."""
     import sys
 
     log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)) if threads else None
     children = []
     for k, device in enumerate(devices, 1):
         log = open(log_dir / f"worker-{k}.log", "w")
         cmd = [sys.executable, "-m", "lesionbench", "tune", *argv, "--workers", "1", "--seeds-final", "0", "--device", device]
-        children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
         log.close()
     return children
 

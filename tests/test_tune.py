@@ -134,6 +134,32 @@ def test_best_toml_runs_as_it_is(workdir, vae_study, capsys):
     assert "vae-tuned" in capsys.readouterr().out
 
 
+def test_workers_flag_starts_local_workers_that_share_the_cores(workdir):
+    """``--workers 2``: one command, two processes on one study, each with half the CPU threads."""
+    cmd = [sys.executable, "-m", "lesionbench", "tune", "--method", "vae", "--dataset", "synth-ms", "--profile", "smoke",
+           "--trials", "4", "--workdir", str(workdir), "--device", "cpu", "--study", "vae-flag", "--workers", "2",
+           "--set", "vae.max_steps=4", "--set", "vae.batch_size=8", "--set", "vae.eval_every=2"]
+    env = {**ENV, "OMP_NUM_THREADS": "2"}
+    [out] = _wait([subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)])
+    trials = _study(workdir, "vae-flag").get_trials()
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, out[-2000:]
+    assert (workdir / "tune" / "vae-flag" / "worker-1.log").is_file()
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"{threads} CPU thread(s) per worker" in " ".join(out.split())  # rich wraps long lines
+
+
+def test_cpu_threads_per_worker(monkeypatch):
+    from lesionbench.tuning import cpu_threads_per_worker
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cpu_threads_per_worker(["cpu", "cpu"]) == 4
+    assert cpu_threads_per_worker(["cpu"] * 3) == 2
+    assert cpu_threads_per_worker(["cpu"] * 16) == 1
+    assert cpu_threads_per_worker(["cpu"]) is None  # one worker keeps torch's default
+    assert cpu_threads_per_worker(["cuda:0", "cuda:1"]) is None  # GPU workers are not limited
+
+
 # -- in-process studies on the toy data -------------------------------------------------------------
 
 
