@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=5, help="DDIM steps per direction actually timed")
     parser.add_argument("--ref-slices", type=int, default=2, help="slices the peer samples (one at a time)")
     parser.add_argument("--quality", action="store_true", help="also the steps-vs-quality table on synth-tumor")
-    parser.add_argument("--strides", type=int, nargs="*", default=[250, 100, 50, 25])
+    parser.add_argument("--strides", type=int, nargs="*", default=[200, 100, 50, 20, 10])
     parser.add_argument("--val-cases", type=int, default=6)
     parser.add_argument("--workdir", default=None, help="a `lesionbench run` workdir whose cached parts to reuse")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
