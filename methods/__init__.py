@@ -8,4 +8,5 @@ BUILTIN_PLUGINS = (
     "lesionbench.methods.wolleb",
     "lesionbench.methods.ddpm",
     "lesionbench.methods.wargnier",
+    "lesionbench.methods.fanogan",
 )
