@@ -53,6 +53,8 @@ __all__ = [
     "dice_at",
     "threshold_at_rate",
     "pooled_curve_metrics",
+    "curve_metrics_from_counts",
+    "lesion_wise",
     "ScoredVolume",
     "Evaluation",
     "evaluate_split",
@@ -125,16 +127,53 @@ def _curve_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
     values, counts = _distinct_desc(pos)
     tp = np.cumsum(counts)
     neg_below = np.searchsorted(neg, values, side="left")  # healthy scores < t
-    neg_at_or_below = np.searchsorted(neg, values, side="right")  # healthy scores <= t
-    fp = nneg - neg_below
-    out["auprc"] = float(np.sum(counts * (tp / (tp + fp))) / npos)
+    ties = np.searchsorted(neg, values, side="right") - neg_below  # healthy scores == t
+    auprc, wins, dice = _curve_formulas(counts, tp, nneg - neg_below, ties, npos, nneg)
+    out["auprc"] = float(auprc)
     if nneg:
-        # Mann-Whitney U with ties counted 1/2 equals sklearn's trapezoidal ROC area.
-        wins = np.sum(counts * (neg_below + neg_at_or_below), dtype=np.int64)
         out["auroc"] = float(wins / (2 * npos * nneg))
-    dice = 2 * tp / (tp + fp + npos)
     best = int(np.argmax(dice))  # first maximum = highest threshold reaching it
     out["dice_best"], out["dice_best_threshold"] = float(dice[best]), float(values[best])
+    return out
+
+
+def _curve_formulas(counts, tp, fp, ties, npos, nneg):
+    """The definitions of the module docstring at thresholds descending along the last axis: ``counts`` lesion
+    voxels at each threshold, ``tp`` / ``fp`` lesion / healthy voxels scoring >= it, ``ties`` healthy voxels
+    equal to it. Returns (AP, AUROC numerator = Mann-Whitney wins x 2 with ties counted 1/2, Dice per threshold)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auprc = np.sum(counts * (tp / np.where(tp + fp > 0, tp + fp, 1)), axis=-1) / npos
+        wins = np.sum(counts * (2 * (np.expand_dims(nneg, -1) - fp) + ties), axis=-1)  # equals sklearn's trapezoidal ROC area
+        dice = 2 * tp / (tp + fp + np.expand_dims(npos, -1))
+    return auprc, wins, dice
+
+
+def curve_metrics_from_counts(pos, neg, thresholds: Sequence[int] = ()) -> dict[str, np.ndarray]:
+    """``auprc``, ``auroc`` and ``dice_best`` of weighted data: ``pos`` / ``neg`` are lesion / healthy voxel
+    counts (or weights, e.g. a volume's multiplicity in a bootstrap resample) at each distinct score, scores
+    descending along the last axis; leading axes are a batch (volumes, resamples). Same definitions as
+    :func:`pooled_curve_metrics`; NaN where undefined, without a warning.
+
+    ``thresholds``: for each, the number of distinct scores at or above the threshold; adds ``dice_at`` (the
+    Dice of predicting those scores, one column per threshold, last axis)."""
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    tp, fp = np.cumsum(pos, axis=-1), np.cumsum(neg, axis=-1)
+    npos, nneg = tp[..., -1], fp[..., -1]
+    auprc, wins, dice = _curve_formulas(pos, tp, fp, neg, npos, nneg)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = wins / (2 * npos * nneg)
+        out = {
+            "auprc": np.where(npos > 0, auprc, NAN),
+            "auroc": np.where((npos > 0) & (nneg > 0), auroc, NAN),
+            "dice_best": np.where(npos > 0, np.where(pos > 0, dice, -np.inf).max(axis=-1, initial=-np.inf), NAN),
+        }
+        if len(thresholds):
+            k = np.asarray(thresholds, np.int64)
+            zeros = np.zeros(pos.shape[:-1] + (1,))
+            tp_k = np.concatenate([zeros, tp], axis=-1)[..., k]  # lesion / all voxels predicted at each threshold
+            pred_k = tp_k + np.concatenate([zeros, fp], axis=-1)[..., k]
+            denom = pred_k + npos[..., None]
+            out["dice_at"] = np.where(denom > 0, 2 * tp_k / np.where(denom > 0, denom, 1), NAN)
     return out
 
 
@@ -460,3 +499,31 @@ def wolleb_protocol(volumes: Sequence[ScoredVolume]) -> dict[str, float]:
     if not dices:
         return {"dice_otsu": _undefined("wolleb_protocol", "no slice with lesion voxels"), "auroc": NAN, "n_slices": 0}
     return {"dice_otsu": float(np.mean(dices)), "auroc": float(np.mean(aurocs)) if aurocs else NAN, "n_slices": len(dices)}
+
+
+# -- lesion-wise ----------------------------------------------------------------------------------------
+
+
+def lesion_wise(map_, brain, lesion, threshold: float) -> dict[str, np.ndarray]:
+    """Each lesion of a volume at one threshold: lesions are the 3D connected components of the lesion mask in
+    the brain (face connectivity, ``scipy.ndimage.label``'s default, as ``check-data`` counts them); the
+    prediction is ``map >= threshold`` in the brain.
+
+    Returns arrays over lesions: ``size`` (voxels), ``detected`` (at least one voxel predicted) and ``dice``,
+    2|P ∩ L| / (|P_L| + |L|) with P_L the predicted components (3D) that touch the lesion, so false positives
+    elsewhere in the volume do not count against it (the lesion-wise Dice of the BraTS 2023 challenge)."""
+    from scipy import ndimage
+
+    brain = np.asarray(brain, dtype=bool)
+    truth = np.asarray(lesion, dtype=bool) & brain
+    pred = (np.asarray(map_) >= np.float64(threshold)) & brain
+    lesions, n = ndimage.label(truth)
+    if n == 0:
+        return {"size": np.zeros(0, np.int64), "detected": np.zeros(0, bool), "dice": np.zeros(0)}
+    components, _ = ndimage.label(pred)
+    size = np.bincount(lesions.ravel(), minlength=n + 1)[1:]
+    overlap = np.bincount(lesions[pred], minlength=n + 1)[1:]
+    component_size = np.bincount(components.ravel())
+    pairs = np.unique(np.stack([lesions[truth & pred], components[truth & pred]]), axis=1)  # (lesion, component)
+    touched = np.bincount(pairs[0], weights=component_size[pairs[1]], minlength=n + 1)[1:]
+    return {"size": size, "detected": overlap > 0, "dice": 2 * overlap / (touched + size)}

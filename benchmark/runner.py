@@ -533,6 +533,7 @@ def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation,
     from PIL import Image
 
     from lesionbench.figures import qualitative_grid
+    from lesionbench.tracking import SCORES_ARTIFACT, score_arrays
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -543,16 +544,10 @@ def _log_artifacts(run, variant, dataset, split_path, seed, profile, evaluation,
         }
         (tmp / "config.toml").write_text(tomli_w.dumps(cfg))
         evaluation.per_volume.to_csv(tmp / "per_volume.csv", index=False)
-        arrays = {}
-        for sv in test_eval:  # what is needed to recompute pooled metrics on any subset of volumes (eval space)
-            arrays[f"{sv.case_id}/map"] = sv.map.astype(np.float16)
-            arrays[f"{sv.case_id}/brain"] = sv.brain
-            arrays[f"{sv.case_id}/lesion"] = sv.lesion
-            arrays[f"{sv.case_id}/slice_scores"] = sv.slice_scores.astype(np.float32)
-            arrays[f"{sv.case_id}/slice_labels"] = sv.slice_labels
-        np.savez_compressed(tmp / "scores.npz", **arrays)
+        # what is needed to recompute pooled metrics on any subset of volumes (evaluation space)
+        np.savez_compressed(tmp / SCORES_ARTIFACT, **score_arrays(test_eval))
         channel = dataset.modalities.index("flair") if "flair" in dataset.modalities else 0
         Image.fromarray(qualitative_grid(test_cases, test_scored, channel)).save(tmp / "grid.png")
-        for name in ("config.toml", "per_volume.csv", "scores.npz", "grid.png"):
+        for name in ("config.toml", "per_volume.csv", SCORES_ARTIFACT, "grid.png"):
             run.artifact(tmp / name)
         run.artifact(split_path)

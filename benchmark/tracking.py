@@ -24,6 +24,37 @@ RUN_TAGS = (
 )
 
 
+#: The artifact with what is needed to recompute pooled metrics on any subset of test volumes (design §5).
+SCORES_ARTIFACT = "scores.npz"
+
+
+def score_arrays(volumes) -> dict:
+    """The arrays of :data:`SCORES_ARTIFACT` for scored test volumes (evaluation space): per case, the map in
+    float16, brain and lesion masks, slice scores and labels, under ``<case_id>/<field>``."""
+    import numpy as np
+
+    arrays = {}
+    for sv in volumes:
+        arrays[f"{sv.case_id}/map"] = sv.map.astype(np.float16)
+        arrays[f"{sv.case_id}/brain"] = sv.brain
+        arrays[f"{sv.case_id}/lesion"] = sv.lesion
+        arrays[f"{sv.case_id}/slice_scores"] = sv.slice_scores.astype(np.float32)
+        arrays[f"{sv.case_id}/slice_labels"] = sv.slice_labels
+    return arrays
+
+
+def read_scores(path) -> list:
+    """The scored test volumes stored by :func:`score_arrays`, in case order (ScoredVolume; maps float16)."""
+    import numpy as np
+
+    from lesionbench.metrics import ScoredVolume
+
+    with np.load(path) as z:
+        cases = sorted({k.rsplit("/", 1)[0] for k in z.files})
+        return [ScoredVolume(c, z[f"{c}/map"], z[f"{c}/brain"], z[f"{c}/lesion"], z[f"{c}/slice_scores"],
+                             z[f"{c}/slice_labels"]) for c in cases]
+
+
 def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 

@@ -481,3 +481,43 @@ def test_wolleb_protocol_without_lesion_is_nan_with_a_warning():
     with pytest.warns(UndefinedMetricWarning, match="no slice with lesion"):
         out = wolleb_protocol([vol])
     assert math.isnan(out["dice_otsu"]) and out["n_slices"] == 0
+
+
+# -- counts at distinct scores (the leaderboard's re-scoring of volume sets) ------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_from_counts_equal_sklearn_on_repeated_volumes(seed):
+    """Weights are multiplicities: the metrics of weighted counts equal sklearn's on the data repeated."""
+    from lesionbench.metrics import curve_metrics_from_counts
+
+    rng = np.random.default_rng(seed)
+    volumes = [(rng.integers(0, 20, 50) / 4, rng.random(50) < 0.2) for _ in range(4)]
+    values = np.unique(np.concatenate([s for s, _ in volumes]))[::-1]
+    pos = np.array([[np.sum(y & (s == v)) for v in values] for s, y in volumes])
+    neg = np.array([[np.sum(~y & (s == v)) for v in values] for s, y in volumes])
+    weights = np.array([[1, 1, 1, 1], [2, 0, 1, 1], [0, 0, 3, 1]])
+    t = values[5]
+    got = curve_metrics_from_counts(weights @ pos, weights @ neg, [int(np.sum(values >= t))])
+    for b, w in enumerate(weights):
+        s = np.concatenate([np.tile(s, n) for (s, _), n in zip(volumes, w)])
+        y = np.concatenate([np.tile(y, n) for (_, y), n in zip(volumes, w)])
+        assert got["auprc"][b] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        assert got["auroc"][b] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert got["dice_best"][b] == pytest.approx(best_dice(s, y)[0], abs=1e-12)
+        assert got["dice_at"][b, 0] == pytest.approx(f1_score(y, s >= t), abs=1e-12)
+    empty = curve_metrics_from_counts(np.zeros((1, 3)), np.ones((1, 3)))
+    assert all(np.isnan(empty[k][0]) for k in ("auprc", "auroc", "dice_best"))  # no lesion: undefined, no warning
+
+
+def test_lesion_wise_counts_each_component():
+    from lesionbench.metrics import lesion_wise
+
+    lesion = np.zeros((2, 5, 5), bool)
+    lesion[0, 0, 0] = True
+    lesion[0:2, 3:5, 3:5] = True
+    brain = np.ones_like(lesion)
+    found = lesion_wise(lesion.astype(float), brain, lesion, 0.5)  # a perfect map
+    np.testing.assert_array_equal(found["size"], [1, 8])
+    assert found["detected"].all() and np.allclose(found["dice"], 1.0)
+    assert lesion_wise(np.zeros((2, 5, 5)), brain, np.zeros_like(lesion), 0.5)["size"].size == 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -86,6 +87,17 @@ def test_leaderboard_reprints_from_mlflow(intensity_run, capsys):
     auprc = runs[0].data.metrics["test/auprc"]
     assert f"{auprc:.3f}" in row  # both seeds equal: std 0
     assert "upper bound" in out
+
+
+def test_leaderboard_page_from_the_runners_artifacts(intensity_run, tmp_path):
+    """The runner's scores.npz and grid.png feed the statistics and the HTML page's grid."""
+    workdir, _ = intensity_run
+    out = tmp_path / "board.html"
+    assert main(["leaderboard", "--workdir", str(workdir), "--format", "html", "--out", str(out), "--bootstrap", "100"]) == 0
+    page = out.read_text(encoding="utf-8")
+    n_slices = page.count('alt="ground truth')
+    assert n_slices >= 1 and page.count("<img ") == 3 * n_slices  # input, the intensity map, ground truth
+    assert re.search(r"0\.\d{3} ± 0\.000<br><span class=\"ci\">\[0\.\d{3}, [01]\.\d{3}\]", page)  # an interval per cell
 
 
 def test_same_seed_same_numbers_for_a_trained_method(tmp_path):

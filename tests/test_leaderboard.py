@@ -1,0 +1,345 @@
+"""The leaderboard (design §6): statistics by hand on tiny stores of synthetic MLflow runs, the renderings,
+refusals, and the HTML page in a real browser (headless Chromium)."""
+
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lesionbench import metrics as M
+from lesionbench.cli import main
+from lesionbench.figures import grid_tiles, qualitative_grid
+from lesionbench.leaderboard import statistics as S
+from lesionbench.leaderboard.rescoring import RunScores, lesion_size_table
+from lesionbench.leaderboard.tables import (
+    LeaderboardError,
+    build_leaderboard,
+    load_runs,
+    render,
+    render_csv,
+    render_latex,
+    render_markdown,
+)
+from lesionbench.preprocessing import PreparedCase
+from lesionbench.tracking import SCORES_ARTIFACT, Tracker, score_arrays
+
+D, H, W = 3, 8, 8
+
+
+def toy_cases(n_test: int, n_healthy: int) -> list[PreparedCase]:
+    """A dataset's test volumes: the first ``n_healthy`` without lesions; the others with an 8-voxel lesion on
+    slices 0-1, and on even ones a one-voxel lesion on slice 2 too (odd ones keep a healthy slice)."""
+    rng = np.random.default_rng(n_test)
+    cases = []
+    for i in range(n_test):
+        lesion = np.zeros((D, H, W), bool)
+        if i >= n_healthy:
+            y, x = rng.integers(1, 6, 2)
+            lesion[0:2, y : y + 2, x : x + 2] = True
+            if i % 2 == 0:
+                lesion[2, 7, 7] = True
+        brain = np.ones((D, H, W), bool)
+        brain[:, 0, :] = False
+        labels = lesion.any(axis=(1, 2)).astype(np.int8)
+        image = rng.random((1, D, H, W)).astype(np.float32) * brain
+        cases.append(PreparedCase(f"c{i:02d}", image, brain, lesion, labels, ("flair",)))
+    return cases
+
+
+def toy_scores(cases: list[PreparedCase], quality: float, key: str) -> list[M.ScoredVolume]:
+    """Maps that lift lesion voxels by ``quality``; every score a multiple of 1/64 below 2, exact in float16, so
+    the stored maps re-score to the logged metrics exactly."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    scored = []
+    for c in cases:
+        k = rng.integers(0, 48, c.lesion.shape) + np.where(c.lesion, int(round(quality * 64)), 0)
+        score_map = (k / 64).astype(np.float32)
+        slice_scores = np.array([score_map[d][c.brain[d]].max() for d in range(D)], np.float32)
+        scored.append(M.ScoredVolume(c.case_id, score_map, c.brain, c.lesion, slice_scores, c.labels))
+    return scored
+
+
+def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, status="FINISHED", split="s1",
+            config=None, val_voxels=False):
+    """One finished cell as the runner records it: tags, params, metrics of metrics.evaluate, scores and grid."""
+    cases = toy_cases(n_test, n_healthy)
+    scored = toy_scores(cases, quality, f"{label}/{dataset}/{seed}/{quality}")
+    val = toy_scores(toy_cases(3, 0), quality, f"val/{label}/{seed}")
+    evaluation = M.evaluate(scored, val)
+    tags = {"method": label.split("[")[0], "label": label, "dataset": dataset, "seed": seed, "split_seed": 0,
+            "profile": "smoke", "run_kind": "run", "cell": f"{label}-{dataset}-{seed}-{split}-{config}",
+            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower()}
+    params = {"config_hash": config or f"cfg-{label}", "split_hash": split, "data.preprocessing_hash": "p1"}
+    run = tracker.start(f"{label}/{dataset}/seed{seed}", tags, params)
+    metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
+    metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
+    metrics.update({"time/fit_s": 1.0 + seed, "time/predict_s_per_slice": 0.001})
+    run.metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez_compressed(Path(tmp) / SCORES_ARTIFACT, **score_arrays(scored))
+        Image.fromarray(qualitative_grid(cases, scored, 0)).save(Path(tmp) / "grid.png")
+        run.artifact(Path(tmp) / SCORES_ARTIFACT)
+        run.artifact(Path(tmp) / "grid.png")
+    run.finish(status)
+    return run.run_id, scored, evaluation
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """toy-8: 8 lesioned test volumes, `good` beats `bad` on every one; toy-4: 4 volumes (1 healthy)."""
+    root = tmp_path_factory.mktemp("lb")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", root / "artifacts")
+    logged = {}
+    for label, quality, val_voxels in (("good_map", 1.0, True), ("bad", 0.25, False), ("middle", 0.5, False)):
+        for seed in (0, 1):
+            for dataset, n_test, n_healthy in (("toy-8", 8, 0), ("toy-4", 4, 1)):
+                logged[label, dataset, seed] = log_run(tracker, label, dataset, seed, quality, n_test, n_healthy,
+                                                       val_voxels=val_voxels)
+    # never shown: a failed run and an unfinished one
+    log_run(tracker, "crashed", "toy-8", 0, 0.9, status="FAILED")
+    log_run(tracker, "running", "toy-8", 0, 0.9, status="RUNNING")
+    return uri, root, logged
+
+
+@pytest.fixture(scope="module")
+def board(store):
+    uri, _, _ = store
+    return build_leaderboard(load_runs(uri), metrics=("auprc", "auroc", "dice_best", "dice_val", "slice_auroc", "fit_s"),
+                             n_resamples=200)
+
+
+def test_stored_scores_re_score_to_the_core_metrics(store):
+    """RunScores (counts per distinct value) gives exactly the pooled and per-volume metrics of metrics.evaluate."""
+    uri, _, logged = store
+    _, scored, evaluation = logged["middle", "toy-4", 0]
+    rs = RunScores.of("r", scored, evaluation.thresholds)
+    pooled = {k: v[0] for k, v in rs.metrics(np.ones((1, len(scored)))).items()}
+    for key in ("auprc", "auroc", "dice_best", "dice_val", "dice_fpr5", "slice_auroc", "slice_ap", "dice_val_vol_mean"):
+        assert pooled[key] == pytest.approx(evaluation.test[key], abs=1e-12), key
+    per_volume = rs.per_volume()
+    expected = evaluation.per_volume
+    lesioned = expected.n_lesion > 0
+    for key in ("auprc", "dice_best", "dice_val"):
+        np.testing.assert_allclose(per_volume[key][lesioned], expected[key][lesioned], atol=1e-12)
+        assert np.isnan(per_volume[key][~lesioned]).all()  # healthy volumes have no per-volume value
+
+
+def test_bootstrap_interval_by_hand(store, board):
+    """The interval is the 2.5-97.5 percentile of the seed mean of pooled AP over the shared resamples."""
+    _, _, logged = store
+    weights = S.resample_weights(4, 200, 0, "toy-4")
+    assert weights.shape == (200, 4) and (weights.sum(axis=1) == 4).all()
+    np.testing.assert_array_equal(weights, S.resample_weights(4, 200, 0, "toy-4"))  # deterministic
+    assert not np.array_equal(weights, S.resample_weights(4, 200, 0, "toy-8")[:, :4])  # one stream per dataset
+    values = []
+    for w in weights:
+        per_seed = []
+        for seed in (0, 1):
+            scored = logged["bad", "toy-4", seed][1]
+            scores = np.concatenate([np.tile(sv.map[sv.brain], n) for sv, n in zip(scored, w)])
+            labels = np.concatenate([np.tile(sv.lesion[sv.brain], n) for sv, n in zip(scored, w)])
+            per_seed.append(M.average_precision(scores, labels) if labels.any() else math.nan)
+        values.append(np.mean(per_seed))
+    values = np.array(values)
+    low, high = np.percentile(values[~np.isnan(values)], [2.5, 97.5])
+    col = ("toy-4", "auprc")
+    assert board.ci_low.at["bad", col] == pytest.approx(low, abs=1e-12)
+    assert board.ci_high.at["bad", col] == pytest.approx(high, abs=1e-12)
+    point = np.mean([logged["bad", "toy-4", s][2].test["auprc"] for s in (0, 1)])
+    assert board.means.at["bad", col] == pytest.approx(point)
+    for label in board.means.index:  # every interval holds its point estimate
+        for c in board.columns:
+            if not math.isnan(board.ci_low.at[label, c]):
+                assert board.ci_low.at[label, c] <= board.means.at[label, c] <= board.ci_high.at[label, c], (label, c)
+
+
+def test_holm_on_known_p_values():
+    adjusted = S.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(adjusted[4])  # not part of the family
+    np.testing.assert_allclose(S.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1 and monotone
+
+
+def test_wilcoxon_against_the_best_row(store, board):
+    """toy-8: 8 paired volumes, good beats bad on every one: exact two-sided p = 2/2^8, Holm over 2 rows."""
+    from scipy.stats import wilcoxon
+
+    col = ("toy-8", "auprc")
+    assert board.best[col] == "good_map"
+    per_volume = board.per_volume
+    vals = {label: per_volume[(per_volume.label == label) & (per_volume.dataset == "toy-8") & (per_volume.metric == "auprc")]
+            .groupby("volume")["value"].mean() for label in ("good_map", "bad", "middle")}
+    raw = [wilcoxon(vals[label] - vals["good_map"]).pvalue for label in ("bad", "middle")]
+    assert raw[0] == pytest.approx(2 / 2**8)
+    assert board.p_holm.at["bad", col] == pytest.approx(S.holm(raw)[0])
+    assert board.p_holm.at["middle", col] == pytest.approx(S.holm(raw)[1])
+    assert math.isnan(board.p_holm.at["good_map", col])  # the best row is not tested against itself
+    md = render_markdown(board)
+    bad_row = next(line for line in md.splitlines() if line.startswith("| bad "))
+    cells = bad_row.split(" | ")
+    assert "†" in cells[1 + board.columns.index(col)]
+
+
+def test_fewer_than_six_pairs_are_not_tested_and_say_so(board):
+    """toy-4 has 3 lesioned volumes: no signed-rank test can reach p < 0.05, so none is marked; a note says so."""
+    cols = [c for c in board.columns if c[0] == "toy-4" and c[1] != "fit_s"]
+    assert board.p_holm[cols].isna().all().all()
+    md = render_markdown(board)
+    for line in md.splitlines():
+        if line.startswith("| bad ") or line.startswith("| middle "):
+            cells = line.split(" | ")
+            assert not any("†" in cells[1 + board.columns.index(c)] for c in cols)
+    notes = [line for line in md.splitlines() if line.startswith("toy-4 (")]
+    assert notes and all("pair up with the best row (fewer than 6)" in n and "cannot reach p < 0.05" in n for n in notes)
+    for name in ("auprc", "auroc", "⌈Dice⌉", "dice_val", "slice_auroc"):
+        assert any(name in n.split(")")[0] for n in notes), name
+
+
+def test_markdown_table(store, board):
+    uri, _, logged = store
+    md = render_markdown(board)
+    header = md.splitlines()[0]
+    assert header.startswith("| label | toy-4 auprc |") and header.endswith("| mean rank |")
+    good = next(line for line in md.splitlines() if line.startswith("| good_map‡ "))  # used validation voxel labels
+    mean = np.mean([logged["good_map", "toy-8", s][2].test["auprc"] for s in (0, 1)])
+    assert f"**{mean:.3f} ± " in good  # bold best, mean ± std over seeds
+    assert "crashed" not in md and "running" not in md  # failed and unfinished runs are never shown
+    assert "toy-8: n = 8 test volumes (8 with lesions)" in md and "toy-4: n = 4 test volumes (3 with lesions)" in md
+    assert "upper bound" in md and "‡: model selection used validation voxel labels" in md and "good_map" in md
+    assert board.mean_rank.idxmin() == "good_map" and board.mean_rank["bad"] > board.mean_rank["middle"]
+    assert good.rstrip(" |").endswith(f"**{board.mean_rank['good_map']:.1f}**")  # the best mean rank, bold
+
+
+def test_latex_uses_booktabs_and_bolds_the_best(board):
+    tex = render_latex(board)
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-7}"):
+        assert rule in tex
+    assert r"\multicolumn{6}{c}{toy-4 ($n=4$" in tex
+    good = next(line for line in tex.splitlines() if line.startswith(r"good\_map$^\ddagger$"))  # escaped label
+    assert sum(best == "good_map" for best in board.best.values()) >= 8
+    assert good.count(r"\textbf{") == sum(best == "good_map" for best in board.best.values()) + 1  # and the rank
+    assert r"$\pm$" in good and r"{\scriptsize [" in good
+    assert r"$\lceil$Dice$\rceil$" in tex and "upper bound" in tex and r"95 \%" in tex
+
+
+def test_csv_is_long(store, board):
+    csv = render_csv(board)
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(csv), dtype={"seed": str})
+    assert list(df.columns) == ["label", "method", "dataset", "seed", "volume", "metric", "value"]
+    runs = 3 * 2 * 2
+    pooled = runs * 6  # six metrics per run, all defined
+    # per volume: 5 re-scorable metrics on each lesioned volume (8 + 3); slice_auroc needs both slice classes
+    lesioned = 3 * 2 * (8 + 3)
+    slice_defined = df[(df.volume != "pooled") & (df.metric == "slice_auroc")]
+    assert len(df[df.volume == "pooled"]) == pooled
+    assert len(df[(df.volume != "pooled") & (df.metric != "slice_auroc")]) == 4 * lesioned
+    assert len(df) == pooled + 4 * lesioned + len(slice_defined)
+    assert set(df.label) == {"good_map", "bad", "middle"} and set(df.seed) == {"0", "1"}
+
+
+def test_mixing_is_refused(store):
+    uri, root, _ = store  # other experiments of the same store
+    tracker = Tracker(uri, "two-splits", root / "artifacts-splits")
+    log_run(tracker, "a", "toy-4", 0, 0.5, n_test=4, split="s1")
+    log_run(tracker, "a", "toy-4", 1, 0.5, n_test=4, split="s2")
+    with pytest.raises(LeaderboardError, match="dataset toy-4: runs differ in split_hash"):
+        render(load_runs(uri, "two-splits"), "md")
+    tracker = Tracker(uri, "two-configs", root / "artifacts-configs")
+    log_run(tracker, "a", "toy-4", 0, 0.5, n_test=4, config="x")
+    log_run(tracker, "a", "toy-4", 1, 0.5, n_test=4, config="y")
+    with pytest.raises(LeaderboardError, match="label 'a' on toy-4 has 2 different configurations"):
+        render(load_runs(uri, "two-configs"), "md")
+
+
+def test_latest_run_of_a_cell_wins(store):
+    uri, root, _ = store
+    tracker = Tracker(uri, "rerun", root / "artifacts-rerun")
+    log_run(tracker, "a", "toy-4", 0, 0.25, n_test=4)
+    _, _, newer = log_run(tracker, "a", "toy-4", 0, 1.0, n_test=4)  # same cell, run again
+    board = build_leaderboard(load_runs(uri, "rerun"), metrics=("auprc",), n_resamples=0)
+    assert board.means.at["a", ("toy-4", "auprc")] == pytest.approx(newer.test["auprc"])
+
+
+def test_lesion_wise_and_size_bins():
+    lesion = np.zeros((3, 6, 6), bool)
+    lesion[0, 0, 0] = True  # 1 voxel, missed
+    lesion[1:3, 2:4, 2:4] = True  # 8 voxels, half found
+    score_map = np.zeros((3, 6, 6))
+    score_map[1, 2:4, 2:4] = 1  # 4 voxels inside the lesion
+    score_map[1, 2, 4] = 1  # and one touching it outside: counts against it
+    score_map[2, 5, 5] = 1  # a distant false positive: does not
+    found = M.lesion_wise(score_map, np.ones_like(lesion), lesion, 0.5)
+    np.testing.assert_array_equal(found["size"], [1, 8])
+    np.testing.assert_array_equal(found["detected"], [False, True])
+    np.testing.assert_allclose(found["dice"], [0.0, 2 * 4 / (5 + 8)])
+    table = lesion_size_table(pd.DataFrame({"size": found["size"], "detected": found["detected"], "dice": found["dice"]}))
+    assert list(table["lesions"]) == [2, 0, 0, 0]  # 1-9 voxels: both
+    assert table.loc[0, "detected"] == 0.5 and table.loc[0, "dice"] == pytest.approx(4 / 13)
+
+
+def test_grid_tiles_invert_the_qualitative_grid():
+    cases = toy_cases(5, 2)
+    grid = qualitative_grid(cases, toy_scores(cases, 0.5, "grid"), 0)
+    inputs, maps, truths = grid_tiles(grid)
+    assert len(inputs) == len(maps) == len(truths) == 3  # the lesioned volumes
+    for case, truth, image in zip(cases[2:], truths, inputs):
+        z = int(case.lesion.sum(axis=(1, 2)).argmax())
+        np.testing.assert_array_equal(truth, case.lesion[z].astype(np.uint8) * 255)
+        np.testing.assert_array_equal(image, (np.clip(case.image[0, z], 0, 1) * 255).astype(np.uint8))
+    assert grid_tiles(np.zeros((8, 8), np.uint8)) == ([], [], [])  # a split without lesions
+
+
+def test_cli_writes_every_format(store, tmp_path, capsys):
+    uri, _, _ = store
+    for fmt in ("md", "latex", "csv", "html"):
+        out = tmp_path / "out" / f"board.{fmt}"
+        assert main(["leaderboard", "--tracking-uri", uri, "--format", fmt, "--out", str(out), "--bootstrap", "50",
+                     "--metrics", "auprc", "dice_val"]) == 0
+        assert out.stat().st_size > 0
+    assert "leaderboard written to" in capsys.readouterr().err
+    assert main(["leaderboard", "--tracking-uri", uri, "--format", "html"]) == 2
+    assert "--format html writes a page: give --out" in capsys.readouterr().err
+    assert main(["leaderboard", "--tracking-uri", uri, "--format", "md", "--bootstrap", "0"]) == 0
+    assert "[a, b]" not in capsys.readouterr().out  # no intervals without resamples
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_html_page_renders_in_chromium(store, board, tmp_path):
+    from lesionbench.leaderboard.report import render_html
+
+    page = render_html(board)
+    # self-contained: no reference outside the page
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page) and page.count('src="data:image/png;base64,') == page.count("<img ")
+    assert "http://" not in page and "https://" not in page
+    n_images = page.count("<img ")
+    assert n_images == (4 + 3) * (1 + 3 + 1)  # grid slices (toy-8: 4, toy-4: 3) x (input, 3 maps, ground truth)
+    path = tmp_path / "board.html"
+    path.write_text(page, encoding="utf-8")
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it): page not rendered")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run(flags + ["--virtual-time-budget=5000", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f'data-images-loaded="{n_images}/{n_images}"' in dom  # every embedded image decoded
+    assert 'id="leaderboard"' in dom and dom.count("<tr><td>good_map‡</td>") >= 1
+    assert "Dice by lesion size" in dom
+    shot = tmp_path / "board.png"
+    subprocess.run(flags + ["--window-size=1200,1600", f"--screenshot={shot}", path.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # something was drawn
