@@ -20,7 +20,8 @@ encoder on the harness's validation score (``eval_every``; keeps the best weight
 sizes, step counts and learning rates (chosen on validation, see ``profiles``); losses that turn NaN/Inf
 or exceed ``max_abs_loss`` stop the run with :class:`TrainingDiverged` (the cell is FAILED, not reported).
 The trained GAN is cached by its own hyperparameters (``FitLog.cached``): encoder variants (kappa, lr,
-steps) reuse it. The authors' post-processing is not applied: the map is the raw residual.
+steps) reuse it. Training runs in float32 on every device (no autocast: the gradient penalty differentiates
+twice). The authors' post-processing is not applied: the map is the raw residual.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class FAnoGAN(Method):
         if len(train) == 0:
             raise ValueError("fanogan: no healthy training slices")
         run_seed = torch.initial_seed()
-        images = self._padded(train.images.float()).to(self.device)
+        images = self._padded(train.images.float())  # stays on the CPU; batches move to the device
 
         with self._seeded(run_seed):
             self._build_gan(images.shape[1:])
@@ -192,7 +193,7 @@ class FAnoGAN(Method):
         for step in range(1, c.gan_steps + 1):
             D.requires_grad_(True)
             for _ in range(c.n_critic):
-                real = images[next(batches)]
+                real = images[next(batches)].to(self.device)
                 z = torch.randn(len(real), c.latent_size, device=self.device)
                 with torch.no_grad():
                     fake = G(z)
@@ -242,12 +243,12 @@ class FAnoGAN(Method):
         optimizer = torch.optim.Adam(E.parameters(), lr=c.encoder_lr)
         batches = self._batches(len(images), seed + 1)
         steps_per_epoch = max(1, len(images) // min(c.batch_size, len(images)))
-        shown = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:GRID_ROWS]]
+        shown = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:GRID_ROWS]].to(self.device)
         stage = "stage 2 (izi_f encoder)"
         best_score, best_weights, epochs_logged = -math.inf, None, 0
         E.train()
         for step in range(1, c.encoder_steps + 1):
-            x = images[next(batches)]
+            x = images[next(batches)].to(self.device)
             x_hat = G(E(x))
             with torch.no_grad():
                 _, features_x = D(x)
