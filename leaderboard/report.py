@@ -35,7 +35,9 @@ GRID_ARTIFACT = "grid.png"
 TILE_PX = 128  # tiles are shown at this width, pixels kept sharp
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; }
+p, ul { max-width: 1100px; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { padding: 4px 8px; }
 table.leaderboard { border-top: 2px solid #222; border-bottom: 2px solid #222; }
@@ -96,8 +98,8 @@ def table_html(lb: Leaderboard) -> str:
         rank, bold = rank_text(lb, label)
         cells.append(f"<td><strong>{_e(rank)}</strong></td>" if bold else f"<td>{_e(rank)}</td>")
         rows.append(f"<tr><td>{_e(row_name(lb, label))}</td>{''.join(cells)}</tr>")
-    return (f'<table class="leaderboard" id="leaderboard"><thead><tr>{"".join(top)}</tr><tr>{"".join(second)}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f'<div class="scroll"><table class="leaderboard" id="leaderboard"><thead><tr>{"".join(top)}</tr>'
+            f"<tr>{''.join(second)}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def grid_html(lb: Leaderboard, dataset: str, scratch: Path) -> str:
