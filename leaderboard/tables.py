@@ -416,8 +416,8 @@ def render_latex(lb: Leaderboard) -> str:
     as the caption."""
     datasets = list(dict.fromkeys(c[0] for c in lb.columns))
     spans = {d: [c for c in lb.columns if c[0] == d] for d in datasets}
-    lines = ["% lesionbench leaderboard; needs \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{l" + "c" * len(lb.columns) + "c}", r"\toprule"]
+    lines = ["% lesionbench leaderboard; needs \\usepackage{booktabs,graphicx}", r"\begin{table}[t]", r"\centering", r"\small",
+             r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{l" + "c" * len(lb.columns) + "c}", r"\toprule"]
     top, rules, start = [""], [], 2
     for d in datasets:
         info = lb.data.get(d, {})
@@ -446,7 +446,7 @@ def render_latex(lb: Leaderboard) -> str:
         rank, bold = rank_text(lb, label)
         cells.append(rf"\textbf{{{rank}}}" if bold else latex_text(rank))
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
+    lines += [r"\bottomrule", r"\end{tabular}}",
               r"\caption{" + latex_text(" ".join(footnotes(lb))) + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

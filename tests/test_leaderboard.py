@@ -221,7 +221,7 @@ def test_markdown_table(store, board):
 
 def test_latex_uses_booktabs_and_bolds_the_best(board):
     tex = render_latex(board)
-    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-7}"):
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-7}", r"\resizebox{\linewidth}{!}{%"):
         assert rule in tex
     assert r"\multicolumn{6}{c}{toy-4 ($n=4$" in tex
     good = next(line for line in tex.splitlines() if line.startswith(r"good\_map$^\ddagger$"))  # escaped label
