@@ -107,9 +107,10 @@ class RunScores:
             for key in ("auprc", "auroc", "dice_best"):
                 if key in out:
                     out[key][part] = voxel[key]
+            no_lesion = (w @ self.voxels.pos).sum(axis=1) == 0  # Dice of a set without lesions: undefined, as AP
             for j, key in enumerate(ks):
                 if key in out:
-                    out[key][part] = voxel["dice_at"][:, j]
+                    out[key][part] = np.where(no_lesion, math.nan, voxel["dice_at"][:, j])
             if {"slice_auroc", "slice_ap"} & set(keys):
                 sl = curve_metrics_from_counts(w @ self.slices.pos, w @ self.slices.neg)
                 for key, src in (("slice_auroc", "auroc"), ("slice_ap", "auprc")):

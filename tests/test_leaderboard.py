@@ -131,6 +131,8 @@ def test_stored_scores_re_score_to_the_core_metrics(store):
     for key in ("auprc", "dice_best", "dice_val"):
         np.testing.assert_allclose(per_volume[key][lesioned], expected[key][lesioned], atol=1e-12)
         assert np.isnan(per_volume[key][~lesioned]).all()  # healthy volumes have no per-volume value
+    only_healthy = rs.metrics(np.array([~lesioned.to_numpy()], float))  # a resample without a lesion voxel
+    assert all(np.isnan(v[0]) for v in only_healthy.values())  # is left out of the intervals, Dice included
 
 
 def test_bootstrap_interval_by_hand(store, board):
