@@ -381,6 +381,11 @@ def footnotes(lb: Leaderboard) -> list[str]:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
     if any(c[1] in QUALITY for c in lb.columns):
         notes.append(f"{MEAN_RANK}: each row's rank (1 = best) averaged over the quality columns shown.")
+    per_cell = lb.counts.T.groupby(level=0).max().T  # seeds per (label, dataset)
+    fewer = [f"{label} on {dataset} ({int(n)})" for label in per_cell.index for dataset, n in per_cell.loc[label].items()
+             if 0 < n < len(lb.seeds)]
+    if fewer:
+        notes.append("Fewer seeds than the others: " + ", ".join(fewer) + ".")
     return notes + lb.notes
 
 

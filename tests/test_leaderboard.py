@@ -271,6 +271,10 @@ def test_latest_run_of_a_cell_wins(store):
     _, _, newer = log_run(tracker, "a", "toy-4", 0, 1.0, n_test=4)  # same cell, run again
     board = build_leaderboard(load_runs(uri, "rerun"), metrics=("auprc",), n_resamples=0)
     assert board.means.at["a", ("toy-4", "auprc")] == pytest.approx(newer.test["auprc"])
+    log_run(tracker, "b", "toy-4", 0, 0.5, n_test=4)
+    log_run(tracker, "b", "toy-4", 1, 0.5, n_test=4)
+    md = render_markdown(build_leaderboard(load_runs(uri, "rerun"), metrics=("auprc",), n_resamples=0))
+    assert "Fewer seeds than the others: a on toy-4 (1)." in md  # a row with fewer seeds says so
 
 
 def test_lesion_wise_and_size_bins():
