@@ -454,8 +454,10 @@ class Tuner:
             summary.best_config = self._config_of(best)
             summary.best_run_id = best.user_attrs.get("mlflow_run_id")
             summary.best_file = self.write_best(summary)
+            # step = the study's trial count, which only grows: MLflow's latest value (highest step, then newest) is
+            # then the summary of the worker that saw the most trials, not a callback's view from before a later best
             client.log_metric(self.study_run_id, f"best/val_{self.objective}", best.value,
-                              timestamp=int(time.time() * 1000), step=best.number)
+                              timestamp=int(time.time() * 1000), step=len(trials))
             client.set_tag(self.study_run_id, "best_trial", best.number)
             if summary.best_run_id:
                 client.set_tag(self.study_run_id, "best_run_id", summary.best_run_id)

@@ -221,6 +221,24 @@ def test_pruning_through_log_evaluate(workdir, toy):
     assert all(r.data.tags["optuna_last_step"] == "0" for r in pruned)  # stopped at the first evaluation of 3
 
 
+def test_study_run_ends_with_the_best_value_whatever_order_workers_report(workdir, toy):
+    """Two workers: trial 2 ends (its callback logs the best it sees: trial 0's) before the better trial 1 does.
+    The summary of the last worker to finish must leave the study run's best/val_auprc at the study's best."""
+    request = TuneRequest(method="knob", dataset="toy", trials=3, workdir=workdir, profile="smoke", device="cpu",
+                          set_options=TOY_SET, study="toy-order", pruner="none")
+    tuner = Tuner(request, toy)
+    study, _ = tuner.open_study()
+    for weight in (0.1, 0.9, 0.5):
+        study.enqueue_trial({"weight": weight})
+    tuner.optimize(study)
+    trials = study.get_trials()
+    assert study.best_trial.number == 1 and trials[0].value < study.best_value
+    client, _ = _client(workdir)
+    client.log_metric(tuner.study_run_id, "best/val_auprc", trials[0].value, step=2)  # the stale view of trial 2's worker
+    tuner.summarise(study, 0)  # the last worker's summary
+    assert client.get_run(tuner.study_run_id).data.metrics["best/val_auprc"] == pytest.approx(study.best_value)
+
+
 # -- a crashed worker and resume --------------------------------------------------------------------
 
 
