@@ -434,6 +434,8 @@ def cell_tags(variant: Variant, dataset: PreparedDataset, seed: int, profile: st
         "split_seed": "file" if split_file else request.split_seed, "profile": profile, "run_kind": run_kind,
         "eval_space": eval_space, "uses_val_voxel_labels": "false", "version": lesionbench.__version__,
         "git_commit": commit, "device": str(device),
+        # CPU results are reproducible for one thread count: reductions (and the guided sampler with them) change with it
+        "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
     }
 
 

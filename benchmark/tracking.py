@@ -20,7 +20,7 @@ EXPERIMENT = "lesionbench"
 #: The tags every cell run carries (design §6).
 RUN_TAGS = (
     "method", "label", "dataset", "seed", "split_seed", "profile", "run_kind", "cell", "eval_space",
-    "uses_val_voxel_labels", "version", "git_commit", "device",
+    "uses_val_voxel_labels", "version", "git_commit", "device", "torch_threads", "torch_version",
 )
 
 

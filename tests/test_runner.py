@@ -7,6 +7,7 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import SpyMethod, ToyAdapter
@@ -42,6 +43,7 @@ def test_run_tracks_one_run_per_cell_with_the_exact_keys(intensity_run):
     assert run.data.tags["run_kind"] == "run" and run.data.tags["method"] == "intensity"
     assert run.data.tags["eval_space"] == "resampled" and run.data.tags["profile"] == "smoke"
     assert run.data.tags["uses_val_voxel_labels"] == "false"  # intensity never calls log.evaluate
+    assert run.data.tags["torch_threads"] == str(torch.get_num_threads())
     for key in METRIC_KEYS:
         assert f"test/{key}" in run.data.metrics, key
     assert {"time/fit_s", "time/predict_s_per_slice", "val/auprc"} <= set(run.data.metrics)
