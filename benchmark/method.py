@@ -106,6 +106,11 @@ class Method(abc.ABC):
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "demo": {}, "quick": {}, "paper": {}}
     dims: ClassVar[int] = 2
+    #: whose cache of trained parts ``log.cached`` reads and writes (default: ``name``). A method built
+    #: on another's parts names that method, so equal parts (same part name and key) are trained once.
+    parts_owner: ClassVar[str | None] = None
+    #: hyperparameters whose values are part of the default row label, ``name[key=value]`` (a method's variants)
+    label_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config, device: torch.device | str = "cpu", modalities: tuple[str, ...] = ()):
         self.config = config

@@ -34,7 +34,7 @@ from lesionbench.method import Method, SliceSet
 from lesionbench.pipeline import PreparedDataset
 from lesionbench.plugins import Plugins
 from lesionbench.preprocessing import PreparedCase, slice_labels
-from lesionbench.seeding import seed_everything
+from lesionbench.seeding import restore_rng, rng_state, seed_everything
 from lesionbench.splits import make_split, read_split, split_hash, write_split
 from lesionbench.volume import DataError
 
@@ -75,8 +75,11 @@ def method_variants(method_cls: type[Method], profile: str, file_table: dict, se
         except (KeyError, TypeError) as exc:
             raise ConfigError(str(exc).strip("'\"")) from None
         name = label or method_cls.name
+        shown = {} if label else {k: getattr(config, k) for k in method_cls.label_keys}
         if len(sweeps) > 1:  # each swept value is its own row
-            name += "[" + ",".join(f"{k}={_short(v)}" for k, v in sweep.items()) + "]"
+            shown.update(sweep)
+        if shown:
+            name += "[" + ",".join(f"{k}={_short(v)}" for k, v in shown.items()) + "]"
         variants.append(Variant(method_cls, name, overrides, config))
     return variants
 
@@ -242,20 +245,26 @@ class HarnessLog:
             self.run.artifact(path, "fit")
 
     def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
-        """Trained parts cached by a hash of (method, part, its key, data, split, seed) (design §3)."""
+        """Trained parts cached by a hash of (method, part, its key, data, split, seed) (design §3); the
+        method is its ``parts_owner`` when it sets one (a method reusing another method's parts)."""
         if self.parts_dir is None:
             return train()
-        digest = stable_hash([self.method.name, part, key, self.parts_key], 20)
-        path = self.parts_dir / f"{self.method.name}-{part}-{digest}.pt"
+        owner = self.method.parts_owner or self.method.name
+        digest = stable_hash([owner, part, key, self.parts_key], 20)
+        path = self.parts_dir / f"{owner}-{part}-{digest}.pt"
         if path.exists():
             self.parts_reused.append(part)
             if self.run is not None:
                 self.run.tag(f"reused.{part}", digest)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(entry, dict) and "part_state" in entry:  # older entries hold the bare state
+                restore_rng(entry["rng_after"])  # the rest of fit draws what it would have drawn after training
+                return entry["part_state"]
+            return entry
         state = train()
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # workers sharing the workdir write their own temp file
-        torch.save(state, tmp)
+        torch.save({"part_state": state, "rng_after": rng_state()}, tmp)
         tmp.replace(path)
         return state
 

@@ -9,4 +9,5 @@ BUILTIN_PLUGINS = (
     "lesionbench.methods.ddpm",
     "lesionbench.methods.wargnier",
     "lesionbench.methods.fanogan",
+    "lesionbench.methods.wolleb_wargnier",
 )

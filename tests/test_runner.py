@@ -197,3 +197,34 @@ def test_config_file_and_sweep_make_labelled_cells(tmp_path, capsys):
     assert sorted(r.data.tags["label"] for r in runs) == ["intensity[modality=flair]", "intensity[modality=t2]"]
     t2, flair = sorted(runs, key=lambda r: r.data.tags["label"], reverse=True)
     assert t2.data.metrics["test/auprc"] != flair.data.metrics["test/auprc"]
+
+
+def test_a_cached_part_leaves_the_random_streams_where_training_it_would(tmp_path):
+    """Same seed, same numbers whether a trained part comes from the cache or not: a cache hit puts the
+    generators where training would have left them (so the rest of fit draws the same numbers), also for a
+    method that reads another method's parts (``parts_owner``)."""
+    import random
+
+    from lesionbench.runner import HarnessLog
+    from lesionbench.seeding import seed_everything
+
+    class Owner:
+        name, parts_owner = "owner", None
+
+    class Borrower:
+        name, parts_owner = "borrower", "owner"
+
+    def train():
+        torch.rand(7), np.random.rand(3), random.random()
+        return {"w": torch.arange(3.0)}
+
+    def fit(method):
+        seed_everything(5)
+        log = HarnessLog(None, method, [], 1, "auprc", parts_dir=tmp_path, parts_key=["data", 0])
+        state = log.cached("part", {"width": 8}, train)
+        return state["w"].tolist(), torch.rand(2).tolist(), np.random.rand(2).tolist(), random.random(), log.parts_reused
+
+    fresh, cached, borrowed = fit(Owner()), fit(Owner()), fit(Borrower())
+    assert fresh[-1] == [] and cached[-1] == ["part"] and borrowed[-1] == ["part"]
+    assert fresh[:-1] == cached[:-1] == borrowed[:-1]
+    assert [p.name.split("-")[:2] for p in tmp_path.iterdir()] == [["owner", "part"]]

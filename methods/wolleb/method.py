@@ -102,11 +102,11 @@ class Wolleb(Method):
         super().__init__(config, device, modalities)
         c = config
         if c.score not in ("map", "classifier"):
-            raise ValueError(f"wolleb: score must be 'map' or 'classifier', not {c.score!r}")
+            raise ValueError(f"{self.name}: score must be 'map' or 'classifier', not {c.score!r}")
         if len(c.widths) != len(c.attention) or len(c.classifier_widths) != len(c.classifier_attention):
-            raise ValueError("wolleb: widths and attention (and their classifier_ twins) must have one entry per level")
+            raise ValueError(f"{self.name}: widths and attention (and their classifier_ twins) must have one entry per level")
         if not 0 < c.noise_level < c.timesteps:
-            raise ValueError(f"wolleb: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
+            raise ValueError(f"{self.name}: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
         self.unet = self.classifier = None  # built in fit (or load_state_dict), once the slice shape is known
         self.in_shape: tuple[int, int, int] | None = None  # (C, H, W) after padding
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
@@ -148,7 +148,7 @@ class Wolleb(Method):
     def fit(self, train: SliceSet, val: SliceSet, log) -> None:
         c = self.config
         if len(train) == 0 or train.labels.min() == train.labels.max():
-            raise ValueError("wolleb: training needs both healthy and lesion slices (image labels)")
+            raise ValueError(f"{self.name}: training needs both healthy and lesion slices (image labels)")
         x = self._to_network_input(train.images).cpu()
         labels = train.labels.long()
         self._build(x.shape[1:])
@@ -157,11 +157,15 @@ class Wolleb(Method):
         clf_schedule = Schedule(c.classifier_steps, c.classifier_batch_size, c.classifier_lr, c.classifier_minutes, 0.0, c.log_every)
         unet_state = log.cached("ddpm", ddpm_key, lambda: train_denoiser(
             self.unet, x, labels, self.betas, self.alphas_cumprod, ddpm_schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
-        clf_state = log.cached("classifier", clf_key, lambda: train_classifier(
-            self.classifier, x, labels, self.alphas_cumprod, clf_schedule, self.device, log))
+        clf_state = self._classifier_part(train, x, labels, clf_key, clf_schedule, log)
         self.unet.load_state_dict(unet_state)
         self.classifier.load_state_dict(clf_state)
         self.unet.eval(), self.classifier.eval()
+
+    def _classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
+        """The trained noise-conditioned classifier (cached); ``x`` is ``train.images`` in [-1, 1], padded."""
+        return log.cached("classifier", key, lambda: train_classifier(
+            self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log))
 
     # -- inference -------------------------------------------------------------------------------------
 
@@ -189,13 +193,16 @@ class Wolleb(Method):
         grad = class_log_prob_gradient(self.logits_fn, HEALTHY)
         return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised)
 
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [-1, 1] (padded) -> [B, H, W]: |x - x_hat| summed over channels."""
+        return (x - self.translate(x)).abs().sum(dim=1)
+
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         if self.unet is None:
-            raise RuntimeError("wolleb: predict before fit or load_state_dict")
+            raise RuntimeError(f"{self.name}: predict before fit or load_state_dict")
         h, w = images.shape[-2:]
         x = self._to_network_input(images)
-        x_hat = self.translate(x)
-        maps = (x - x_hat).abs().sum(dim=1)[:, :h, :w]
+        maps = self._maps(x)[:, :h, :w]
         scores = None
         if self.config.score == "classifier":
             with torch.no_grad():

@@ -62,14 +62,28 @@ def _at(t: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
 
 
-def ddim_encode(eps_fn: EpsFn, x0: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor, clip: bool = True) -> torch.Tensor:
-    # the reversed DDIM step, x_t -> x_{t+stride} (Song et al. 2021, eq. 13; Wolleb et al. 2022, Sec. 2.1): deterministic encoding to level times[-1]
+def _ddim_encode_steps(eps_fn: EpsFn, x0: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor, clip: bool):
+    # the reversed DDIM step, x_t -> x_{t+stride} (Song et al. 2021, eq. 13; Wolleb et al. 2022, Sec. 2.1), one latent per time after times[0]
     abar = alphas_cumprod.tolist()
     x = x0
-    with torch.no_grad():
-        for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in zip(times[:-1], times[1:]):
+        with torch.no_grad():  # per step: a generator must not leave grad mode switched off in its caller
             x = ddim_step(x, eps_fn(x, _at(t, x)).float(), abar[t], abar[t_next], clip)
+        yield x
+
+
+def ddim_encode(eps_fn: EpsFn, x0: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """Deterministic DDIM encoding of x0 (at times[0]) to level times[-1]; keeps only the current latent."""
+    x = x0
+    for x in _ddim_encode_steps(eps_fn, x0, times, alphas_cumprod, clip):
+        pass
     return x
+
+
+def ddim_encode_trajectory(eps_fn: EpsFn, x0: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor,
+                           clip: bool = True) -> list[torch.Tensor]:
+    """The same encoding's latents at every time of ``times`` (the first is x0 itself; len(times) tensors)."""
+    return [x0, *_ddim_encode_steps(eps_fn, x0, times, alphas_cumprod, clip)]
 
 
 def guided_eps(eps: torch.Tensor, grad_log_p: torch.Tensor, abar_t: float, scale: float) -> torch.Tensor:
@@ -78,17 +92,29 @@ def guided_eps(eps: torch.Tensor, grad_log_p: torch.Tensor, abar_t: float, scale
 
 
 def guided_ddim_decode(eps_fn: EpsFn, x_level: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor,
-                       grad_fn: GradFn | None = None, scale: float = 0.0, clip: bool = True) -> torch.Tensor:
-    # DDIM decoding from times[-1] back to times[0] with classifier guidance (Wolleb et al. 2022, Alg. 1); scale 0 never calls grad_fn
+                       grad_fn: GradFn | None = None, scale: float = 0.0, clip: bool = True,
+                       mask: torch.Tensor | None = None, trajectory: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """DDIM decoding from times[-1] back to times[0] with classifier guidance (Wolleb et al. 2022, Alg. 1);
+    scale 0 never calls grad_fn. With ``mask`` (in [0, 1], broadcastable to x) and the encoding's
+    ``trajectory`` (``ddim_encode_trajectory`` over the same times), each step keeps the encoded latent
+    where the mask is 0: x_t <- m x_t + (1 - m) x_t^enc, so the output equals the input there (the
+    masked inpainting of Dif-fuse, Fontanella et al. 2024)."""
+    if (mask is None) != (trajectory is None):
+        raise ValueError("a masked decoding needs both the mask and the encoding trajectory")
+    if trajectory is not None and len(trajectory) != len(times):
+        raise ValueError(f"the trajectory has {len(trajectory)} latents for {len(times)} times")
     abar = alphas_cumprod.tolist()
     x = x_level
-    for t, t_prev in zip(reversed(times[1:]), reversed(times[:-1])):
+    for i in range(len(times) - 1, 0, -1):
+        t, t_prev = times[i], times[i - 1]
         tt = _at(t, x)
         with torch.no_grad():
             eps = eps_fn(x, tt).float()
         if scale != 0 and grad_fn is not None:
             eps = guided_eps(eps, grad_fn(x, tt).float(), abar[t], scale)
         x = ddim_step(x, eps, abar[t], abar[t_prev], clip)
+        if mask is not None:
+            x = mask * x + (1 - mask) * trajectory[i - 1]
     return x
 
 

@@ -92,8 +92,10 @@ def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas:
 
 
 def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: Schedule,
-                     device: torch.device, log, prefix: str = "classifier") -> dict:
-    """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier)."""
+                     device: torch.device, log, prefix: str = "classifier", constraint=None) -> dict:
+    """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier).
+    ``constraint(network, x_t, t, y, index)``, when given, returns a term added to the loss (``wolleb-wargnier``:
+    the attribution constraint, weighted), logged as ``<prefix>_constraint``."""
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.05)  # guided-diffusion's classifier_train defaults
     timesteps = len(alphas_cumprod)
@@ -108,6 +110,9 @@ def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cump
         with autocast(device):
             logits = network(x_t, t)
         loss = F.cross_entropy(logits.float(), y)
+        extra = constraint(network, x_t, t, y, index) if constraint is not None else None
+        if extra is not None:
+            loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -115,6 +120,8 @@ def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cump
         if step % schedule.log_every == 0 or step == schedule.steps or out_of_time:
             log.metric(f"{prefix}_loss", loss.item(), step)
             log.metric(f"{prefix}_accuracy", (logits.argmax(1) == y).float().mean().item(), step)
+            if extra is not None:
+                log.metric(f"{prefix}_constraint", extra.item(), step)
         if out_of_time:
             break
     network.eval()
