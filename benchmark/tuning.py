@@ -487,7 +487,11 @@ class Tuner:
 
         data_keys = explicit_data_keys(self.run_request)
         data = {k: _plain(v) for k, v in config_dict(self.dataset.data).items() if k in data_keys}
-        table = {"label": f"{self.variant.label}-tuned",
+        label = self.variant.label
+        chosen = {k: summary.best_config[k] for k in self.cls.label_keys if k in summary.best_config}
+        if chosen:  # a tuned variant names the row by the variant the study chose
+            label = f"{self.cls.name}[{','.join(f'{k}={v}' for k, v in chosen.items())}]"
+        table = {"label": f"{label}-tuned",
                  **{k: _plain(v) for k, v in self.variant.overrides.items()}, **summary.best_config}
         body: dict[str, Any] = {"method": self.cls.name, "profile": self.profile, self.cls.name: table}
         if data:

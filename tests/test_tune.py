@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 import lesionbench.cli as cli
 from conftest import ToyAdapter
 from lesionbench.cli import main
+from lesionbench.method import AnomalyOutput
 from lesionbench.pipeline import PreparedDataset
 from lesionbench.config import ConfigError
 from lesionbench.storage import check_url, display_url, with_installed_driver
@@ -407,3 +408,39 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message):
         argv += [flag, value]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_tuned_variant_is_labelled_by_the_variant_the_study_chose(workdir, toy):
+    """Methods with ``label_keys`` name rows by their variant, in runs and in best.toml (not the start value's)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class VariantConfig:
+        weight: float = 0.5
+        steps: int = 1
+        step_seconds: float = 0.0
+        variant: str = "noisy"
+
+    class Variants(KnobMethod):
+        name, label_keys, Config = "knobv", ("variant",), VariantConfig
+
+        @classmethod
+        def search_space(cls, trial):
+            return {"variant": trial.suggest_categorical("variant", ["noisy", "clean"])}
+
+        def predict(self, images):
+            if self.config.variant == "clean":
+                return AnomalyOutput(images[:, -1].clone())
+            return super().predict(images)
+
+    toy.methods.add(Variants)
+    request = TuneRequest(method="knobv", dataset="toy", trials=2, workdir=workdir, profile="smoke", device="cpu",
+                          set_options=TOY_SET, study="toy-variant")
+    tuner = Tuner(request, toy)
+    study, _ = tuner.open_study()
+    for variant in ("noisy", "clean"):
+        study.enqueue_trial({"variant": variant})
+    summary = tuner.optimize(study)
+    assert tuner.variant.label == "knobv[variant=noisy]"  # the untuned configuration's row
+    assert summary.best_params == {"variant": "clean"}
+    assert tomllib.loads(summary.best_file.read_text())["knobv"]["label"] == "knobv[variant=clean]-tuned"
