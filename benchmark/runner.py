@@ -249,7 +249,7 @@ class HarnessLog:
         method is its ``parts_owner`` when it sets one (a method reusing another method's parts)."""
         if self.parts_dir is None:
             return train()
-        owner = self.method.parts_owner or self.method.name
+        owner = getattr(self.method, "parts_owner", None) or self.method.name
         digest = stable_hash([owner, part, key, self.parts_key], 20)
         path = self.parts_dir / f"{owner}-{part}-{digest}.pt"
         if path.exists():
