@@ -85,8 +85,8 @@ def speed(size_name: str, device: torch.device, batch: int | None, timed_steps: 
           f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; timed {ours_steps} steps in {t_ours:.2f} s")
     print(f"  peer: batch 1, stride 1 ({full_ref} steps per direction), fp32; timed {ref_steps} steps x {ref_slices} slices in {t_ref:.2f} s")
     extrapolated = " (extrapolated from the timed steps)" if (ours_steps < full_ours or ref_steps < full_ref) else ""
-    print(f"  per-step throughput: ours {ours_step_rate:.2f} vs peer {ref_step_rate:.2f} slice-steps/s -> x{ours_step_rate / ref_step_rate:.1f}")
-    print(f"  slices per second{extrapolated}: ours {ours_sps:.4f} vs peer {ref_sps:.5f} -> x{ours_sps / ref_sps:.0f}")
+    print(f"  per-step throughput: ours {ours_step_rate:.3g} vs peer {ref_step_rate:.3g} slice-steps/s -> x{ours_step_rate / ref_step_rate:.2g}")
+    print(f"  slices per second{extrapolated}: ours {ours_sps:.3g} vs peer {ref_sps:.3g} -> x{ours_sps / ref_sps:.3g}")
 
 
 def config_overrides(pairs: list[str]) -> dict:
