@@ -497,7 +497,7 @@ def rich_table(runs: pd.DataFrame, metrics=DEFAULT_METRICS, datasets=None, n_res
     lb = build_leaderboard(runs, metrics, datasets, n_resamples, bootstrap_seed)
     caption = "\n".join(data_lines(lb) + footnotes(lb))
     rt = Table(title="lesionbench leaderboard", caption=escape(caption), caption_justify="left")
-    rt.add_column("label", style="bold")
+    rt.add_column("label", style="bold", overflow="fold")  # a variant's label folds onto more lines, never "…"
     for col in lb.columns:
         rt.add_column(f"{col[0]}\n{HEADERS.get(col[1], col[1])}", justify="right")
     rt.add_column(MEAN_RANK, justify="right")

@@ -27,6 +27,7 @@ from lesionbench.leaderboard.tables import (
     render_csv,
     render_latex,
     render_markdown,
+    rich_table,
 )
 from lesionbench.preprocessing import PreparedCase
 from lesionbench.tracking import SCORES_ARTIFACT, Tracker, score_arrays
@@ -349,3 +350,20 @@ def test_html_page_renders_in_chromium(store, board, tmp_path):
                    capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # something was drawn
+
+
+def test_the_terminal_table_shows_a_long_variant_label_whole(tmp_path):
+    """The main job prints the rich table on an ordinary terminal: a variant's row name must not end in "…"."""
+    from rich.console import Console
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    long_label = "wolleb-wargnier[variant=guidance]"
+    for label in (long_label, "intensity"):
+        log_run(tracker, label, "toy-8", 0, 0.5)
+    console = Console(width=100, record=True, file=open(tmp_path / "out.txt", "w"))
+    console.print(rich_table(load_runs(uri), metrics=("auprc", "auroc", "dice_best", "dice_val", "fit_s", "predict_ms"), n_resamples=0))
+    text = console.export_text()
+    assert "…" not in text
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert long_label in first_column
