@@ -106,6 +106,13 @@ def test_fit_sees_only_images_labels_and_brain(cls, data):
     """Masks never reach training: the SliceSet has no mask, and fit reads nothing else of it."""
     train, _ = data
     assert not any("mask" in f or "lesion" in f for f in SliceSet.__dataclass_fields__)
+    overrides = {"steps": 1, "classifier_steps": 1} if cls is Wolleb else {"steps": 1}
+    read = fields_read_by_fit(cls(cls.make_config("smoke", overrides), "cpu", MODALITIES), train)
+    assert read <= {"images", "labels", "brain", "modalities", "healthy"}, read
+
+
+def fields_read_by_fit(method, train: SliceSet) -> set[str]:
+    """The SliceSet attributes that ``method.fit`` reads (train and val both ``train``)."""
     read = set()
 
     class Recording(SliceSet):
@@ -115,10 +122,8 @@ def test_fit_sees_only_images_labels_and_brain(cls, data):
             return super().__getattribute__(name)
 
     recorded = Recording(train.images, train.labels, train.brain, train.modalities)
-    overrides = {"steps": 1, "classifier_steps": 1} if cls is Wolleb else {"steps": 1}
-    method = cls(cls.make_config("smoke", overrides), "cpu", MODALITIES)
     method.fit(recorded, recorded, NullLog())
-    assert read <= {"images", "labels", "brain", "modalities", "healthy"}, read
+    return read
 
 
 def test_ddim_encoding_then_unguided_decoding_recovers_the_input(wolleb, data):

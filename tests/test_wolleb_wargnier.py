@@ -5,12 +5,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lesionbench.method import NullLog, SliceSet
+from lesionbench.method import NullLog
 from lesionbench.methods.wolleb import sampling as S
 from lesionbench.methods.wolleb.networks import noise_conditioned_classifier
 from lesionbench.methods.wolleb.training import Schedule, train_classifier
 from lesionbench.methods.wolleb_wargnier.method import WollebWargnier, noisy_attribution_constraint
-from test_wolleb import MODALITIES, brains
+from test_wolleb import MODALITIES, brains, fields_read_by_fit
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +92,8 @@ def _fitted(train, variant, **overrides):
 
 def test_fit_sees_only_images_labels_and_brain(data):
     train, _ = data
-    read = set()
-
-    class Recording(SliceSet):
-        def __getattribute__(self, name):
-            if not name.startswith("__"):
-                read.add(name)
-            return super().__getattribute__(name)
-
-    recorded = Recording(train.images, train.labels, train.brain, train.modalities)
     method = WollebWargnier(WollebWargnier.make_config("smoke", {"steps": 1, "classifier_steps": 1, "variant": "fusion"}), "cpu", MODALITIES)
-    method.fit(recorded, recorded, NullLog())
+    read = fields_read_by_fit(method, train)
     assert read <= {"images", "labels", "brain", "modalities", "healthy"}, read
 
 

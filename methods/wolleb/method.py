@@ -26,7 +26,7 @@ import torch
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
 from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier, pad_to_multiple
 from lesionbench.methods.wolleb.sampling import (
-    class_log_prob_gradient, ddim_encode, ddim_times, guided_ddim_decode, linear_schedule,
+    class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
 )
 from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier, train_denoiser
 
@@ -183,19 +183,28 @@ class Wolleb(Method):
         with autocast(self.device):
             return self.classifier(x, t).float()
 
-    def translate(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """x in [-1, 1] (padded) -> its healthy counterpart x_hat: DDIM encoding to L, guided DDIM decoding."""
+    def translate(self, x: torch.Tensor, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x in [-1, 1] (padded) -> its healthy counterpart x_hat: DDIM encoding to L, guided DDIM decoding.
+        With ``mask`` [B, 1, H, W] in [0, 1] the decoding keeps the encoded latents where it is 0 (``wolleb-wargnier``)."""
         c = self.config
         scale = c.guidance_scale if scale is None else scale
         times = ddim_times(c.noise_level, c.stride)
         eps = self.eps_fn(HEALTHY)
-        latent = ddim_encode(eps, x, times, self.alphas_cumprod, c.clip_denoised)
         grad = class_log_prob_gradient(self.logits_fn, HEALTHY)
-        return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised)
+        if mask is None:
+            latent = ddim_encode(eps, x, times, self.alphas_cumprod, c.clip_denoised)
+            return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised)
+        path = ddim_encode_trajectory(eps, x, times, self.alphas_cumprod, c.clip_denoised)
+        return guided_ddim_decode(eps, path[-1], times, self.alphas_cumprod, grad, scale, c.clip_denoised,
+                                  mask=mask, trajectory=path)
+
+    def _residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] in [-1, 1] (padded) -> [B, H, W]: |x - x_hat| summed over channels."""
+        return (x - self.translate(x, mask=mask)).abs().sum(dim=1)
 
     def _maps(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] in [-1, 1] (padded) -> [B, H, W]: |x - x_hat| summed over channels."""
-        return (x - self.translate(x)).abs().sum(dim=1)
+        """The anomaly maps of padded inputs (``wolleb``: the residual)."""
+        return self._residual(x)
 
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         if self.unet is None:

@@ -51,9 +51,6 @@ from lesionbench.method import SliceSet
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wolleb.method import HEALTHY, LESION, Wolleb, WollebConfig
 from lesionbench.methods.wolleb.networks import pad_to_multiple
-from lesionbench.methods.wolleb.sampling import (
-    class_log_prob_gradient, ddim_encode_trajectory, ddim_times, guided_ddim_decode,
-)
 from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier
 
 VARIANTS = ("guidance", "masked", "fusion")
@@ -171,22 +168,6 @@ class WollebWargnier(Wolleb):
                 p.requires_grad_(True)
         a = grad if self.config.map_attribution == "gradient" else (x - BACKGROUND) * grad
         return attr.anomaly_map(a.detach(), "positive_sum")
-
-    def _residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return (x - self.translate(x, mask=mask)).abs().sum(dim=1)
-
-    def translate(self, x: torch.Tensor, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """As ``wolleb``'s; with ``mask`` [B, 1, H, W] the decoding keeps the encoded latents where it is 0."""
-        if mask is None:
-            return super().translate(x, scale)
-        c = self.config
-        scale = c.guidance_scale if scale is None else scale
-        times = ddim_times(c.noise_level, c.stride)
-        eps = self.eps_fn(HEALTHY)
-        path = ddim_encode_trajectory(eps, x, times, self.alphas_cumprod, c.clip_denoised)
-        grad = class_log_prob_gradient(self.logits_fn, HEALTHY)
-        return guided_ddim_decode(eps, path[-1], times, self.alphas_cumprod, grad, scale, c.clip_denoised,
-                                  mask=mask, trajectory=path)
 
     def edit_mask(self, x: torch.Tensor) -> torch.Tensor:
         """``masked``: [B, 1, H, W] in [0, 1], where the decoding may change the image."""
