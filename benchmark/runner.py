@@ -79,9 +79,14 @@ def method_variants(method_cls: type[Method], profile: str, file_table: dict, se
         if len(sweeps) > 1:  # each swept value is its own row
             shown.update(sweep)
         if shown:
-            name += "[" + ",".join(f"{k}={_short(v)}" for k, v in shown.items()) + "]"
+            name = variant_label(name, shown)
         variants.append(Variant(method_cls, name, overrides, config))
     return variants
+
+
+def variant_label(name: str, values: dict) -> str:
+    """A row label naming the values that make the variant: ``name[key=value,...]``."""
+    return name + "[" + ",".join(f"{k}={_short(v)}" for k, v in values.items()) + "]"
 
 
 def _short(v) -> str:

@@ -44,6 +44,7 @@ from lesionbench.runner import (
     predict_cases,
     prepare_dataset,
     resolve_device,
+    variant_label,
 )
 from lesionbench.seeding import seed_everything
 from lesionbench.splits import split_hash
@@ -490,7 +491,7 @@ class Tuner:
         label = self.variant.label
         chosen = {k: summary.best_config[k] for k in self.cls.label_keys if k in summary.best_config}
         if chosen:  # a tuned variant names the row by the variant the study chose
-            label = f"{self.cls.name}[{','.join(f'{k}={v}' for k, v in chosen.items())}]"
+            label = variant_label(self.cls.name, chosen)
         table = {"label": f"{label}-tuned",
                  **{k: _plain(v) for k, v in self.variant.overrides.items()}, **summary.best_config}
         body: dict[str, Any] = {"method": self.cls.name, "profile": self.profile, self.cls.name: table}
