@@ -1,7 +1,13 @@
-"""Cost of one training step of the wargnier classifier with the attribution constraint (double
-backpropagation) against one without it (lambda = 0, the saliency baseline), measured in the same run.
+"""Cost of one training step of a classifier with the attribution constraint (double backpropagation)
+against one without it, measured in the same run.
 
-    python scripts/bench_constraint_step.py [--size 64] [--batch 32] [--steps 20] [--threads 2]
+    python scripts/bench_constraint_step.py [--network wargnier|noise-conditioned] [--size 64] [--batch 32]
+                                            [--steps 20] [--threads 2]
+
+``wargnier``: the wargnier classifier against lambda = 0 (the saliency baseline), for each attribution.
+``noise-conditioned``: the guiding classifier of ``wolleb-wargnier`` (wolleb's ``quick`` network, cross-entropy on
+x_t at t ~ U[0, T)) with the constraint on its lesion logit's gradient (lambda = 1, BCE form) against the plain
+one of ``wolleb``.
 
 Prints the median seconds per step of each arm (interleaved, so that load on a shared machine hits both)
 and their ratio. Random images of 4 channels, half the batch healthy.
@@ -15,21 +21,60 @@ import time
 
 import torch
 
+import torch.nn.functional as F
+
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wargnier.networks import LogitMapClassifier
 
 
-def one_step(network, optimizer, x, labels, brain, lam, form, kind, refs, alpha) -> float:
+def timed_step(optimizer, compute_loss) -> float:
     start = time.perf_counter()
-    loss, _, _ = attr.constrained_loss(network.lesion_logit, x, labels, brain, lam, form, kind, refs, alpha)
+    loss = compute_loss()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return time.perf_counter() - start
 
 
+def wargnier_arms(args, x, labels, brain):
+    """(name, loss function) per arm, the network and its optimizer: lambda = 0, then lambda = 1 per attribution."""
+    refs, alpha = x.flip(0), torch.rand(args.batch)
+    network = LogitMapClassifier(4)
+
+    def arm(lam, kind):
+        return lambda: attr.constrained_loss(network.lesion_logit, x, labels, brain, lam, "bce", kind, refs, alpha)[0]
+
+    arms = [("lambda=0 (saliency)", arm(0.0, "gradient"))] + [(f"lambda=1, {k}", arm(1.0, k)) for k in args.attributions]
+    return arms, network
+
+
+def noise_conditioned_arms(args, x, labels, brain):
+    """wolleb's plain classifier step against wolleb-wargnier's constrained one (same network, same x_t)."""
+    from lesionbench.methods.wolleb.method import Wolleb, WollebConfig
+    from lesionbench.methods.wolleb.networks import noise_conditioned_classifier
+    from lesionbench.methods.wolleb.sampling import linear_schedule, q_sample
+    from lesionbench.methods.wolleb_wargnier.method import noisy_attribution_constraint
+
+    c = WollebConfig(**Wolleb.profiles["quick"])
+    network = noise_conditioned_classifier(4, (args.size, args.size), c.classifier_widths, c.classifier_res_blocks,
+                                           c.classifier_attention, c.norm_groups)
+    _, alphas_cumprod = linear_schedule(c.timesteps)
+    t = torch.randint(0, c.timesteps, (args.batch,))
+    x_t = q_sample(x * 2 - 1, t, torch.randn_like(x), alphas_cumprod)
+
+    def arm(lam):
+        def loss():
+            out = F.cross_entropy(network(x_t, t).float(), labels)
+            extra = noisy_attribution_constraint(network, x_t, t, labels, brain, lam, "bce") if lam else None
+            return out if extra is None else out + extra
+        return loss
+
+    return [("plain (wolleb)", arm(0.0)), ("lambda=1, gradient on x_t", arm(1.0))], network
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", choices=["wargnier", "noise-conditioned"], default="wargnier")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
@@ -42,23 +87,21 @@ def main() -> None:
     x = torch.rand(args.batch, 4, args.size, args.size)
     labels = (torch.arange(args.batch) % 2).long()
     brain = torch.ones(args.batch, args.size, args.size, dtype=torch.bool)
-    refs, alpha = x.flip(0), torch.rand(args.batch)
-    network = LogitMapClassifier(4)
+    arms, network = (wargnier_arms if args.network == "wargnier" else noise_conditioned_arms)(args, x, labels, brain)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     n_weights = sum(p.numel() for p in network.parameters())
-    print(f"network: {n_weights} weights; batch {args.batch} x 4 x {args.size} x {args.size}; "
+    print(f"network: {args.network}, {n_weights} weights; batch {args.batch} x 4 x {args.size} x {args.size}; "
           f"{args.steps} timed steps per arm after 3 warm-up; torch {torch.__version__}, {args.threads} threads")
 
-    arms = [("lambda=0 (saliency)", 0.0, "gradient")] + [(f"lambda=1, {k}", 1.0, k) for k in args.attributions]
-    times: dict[str, list[float]] = {name: [] for name, _, _ in arms}
+    times: dict[str, list[float]] = {name: [] for name, _ in arms}
     for i in range(args.steps + 3):
-        for name, lam, kind in arms:  # interleaved: the machine's load falls on every arm alike
-            t = one_step(network, optimizer, x, labels, brain, lam, "bce", kind, refs, alpha)
+        for name, compute_loss in arms:  # interleaved: the machine's load falls on every arm alike
+            t = timed_step(optimizer, compute_loss)
             if i >= 3:
                 times[name].append(t)
     base = statistics.median(times[arms[0][0]])
     print(f"{'arm':32s} {'median s/step':>14s} {'ratio':>7s}")
-    for name, _, _ in arms:
+    for name, _ in arms:
         med = statistics.median(times[name])
         print(f"{name:32s} {med:14.4f} {med / base:7.2f}x")
 
