@@ -81,12 +81,13 @@ class Wolleb(Method):
         "demo": dict(widths=(8, 16, 32), attention=(False, False, False), batch_size=16, steps=150,
                      classifier_widths=(8, 16, 32), classifier_attention=(False, False, False), classifier_steps=200,
                      classifier_batch_size=16, noise_level=200, stride=50, guidance_scale=100.0),
-        # a meaningful CPU result, but NOT within design §3's 5 min per cell: on 2 idle cores a synth-ms cell took
-        # 12.7 min (fit 603 s: DDPM 250 steps at 1.46 s/step, classifier 800 at 0.29 s/step; then 0.38 s per
-        # validation and test slice). L, s, the stride and the classifier's steps were chosen on the validation
-        # split of synth-tumor (split seed 0, 4 diseased volumes; issue 5 note): with 200 classifier steps the classifier was at chance on validation and every map too; 800 steps
-        # reach 0.87 validation accuracy at t = 0. Then stride 20-25 beats 50-100 (a finer grid inverts the input
-        # more exactly), and L = 200-300 with s = 50-100 beats L = 400-600 or s = 300.
+        # a meaningful CPU result, but NOT within design §3's 5 min per cell: on 2 idle cores a synth-ms cell
+        # took 12.7 min (fit 603 s: DDPM 250 steps at 1.46 s/step, classifier 800 at 0.29 s/step; then 0.38 s
+        # per validation and test slice). L, s, the stride and the classifier's steps were chosen on the
+        # validation split of synth-tumor (split seed 0, 4 diseased volumes; issue 5 note): with 200 classifier
+        # steps the classifier was at chance on validation and every map too; 800 steps reach 0.87 validation
+        # accuracy at t = 0. Then stride 20-25 beats 50-100 (a finer grid inverts the input more exactly), and
+        # L = 200-300 with s = 50-100 beats L = 400-600 or s = 300.
         "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=250, lr=1e-3,
                       classifier_widths=(16, 32, 64), classifier_steps=800,
                       noise_level=200, stride=20, guidance_scale=100.0),
