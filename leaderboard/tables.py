@@ -258,7 +258,7 @@ def _add_statistics(lb: Leaderboard) -> None:
                 if len(loaded) < len(rows):
                     missing.append(f"{label} on {dataset}")
                     continue
-                if lb.n_resamples and rescorable:
+                if lb.n_resamples and rescorable and len(case_ids) > 1:  # one volume: every resample is that volume
                     weights = S.resample_weights(len(case_ids), lb.n_resamples, lb.bootstrap_seed, dataset)
                     per_seed = [s.metrics(weights, rescorable) for _, s in loaded]
                     resampled[label] = {m: np.mean([v[m] for v in per_seed], axis=0) for m in rescorable}
@@ -288,6 +288,9 @@ def _add_statistics(lb: Leaderboard) -> None:
                 short = sorted({n for p, n in tests if math.isnan(p)})
                 if short:
                     few_pairs.setdefault((dataset, tuple(short)), []).append(HEADERS.get(m, m))
+            if lb.n_resamples and case_ids is not None and len(case_ids) == 1:
+                lb.notes.append(f"{dataset}: 1 test volume, so a bootstrap over test volumes has nothing to resample: "
+                                "no interval is shown.")
     for (dataset, ns), names in few_pairs.items():
         lb.notes.append(
             f"{dataset} ({', '.join(names)}): only {' or '.join(map(str, ns))} test volume(s) pair up with the best row "

@@ -367,3 +367,24 @@ def test_the_terminal_table_shows_a_long_variant_label_whole(tmp_path):
     assert "…" not in text
     first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
     assert long_label in first_column
+
+
+def test_one_test_volume_gets_no_bootstrap_interval_and_says_why(tmp_path):
+    """open-ms's split tests on one patient: every resample is that patient, so an interval would claim a certainty
+    the table does not have (and, re-scored from the float16 maps, need not even hold the mean)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    for label, quality in (("good_map", 1.0), ("bad", 0.25)):
+        log_run(tracker, label, "toy-1", 0, quality, n_test=1)
+        log_run(tracker, label, "toy-8", 0, quality)
+    lb = build_leaderboard(load_runs(uri), metrics=("auprc", "dice_best"), n_resamples=50)
+    one = [c for c in lb.columns if c[0] == "toy-1"]
+    eight = [c for c in lb.columns if c[0] == "toy-8"]
+    assert lb.ci_low[one].isna().all().all() and lb.ci_high[one].isna().all().all()
+    assert lb.ci_low[eight].notna().all().all()  # the other dataset keeps its intervals
+    md = render_markdown(lb)
+    assert any(line.startswith("toy-1: 1 test volume") and "no interval" in line for line in md.splitlines())
+    row = next(line for line in md.splitlines() if line.startswith("| good_map "))
+    cells = row.split(" | ")
+    assert all("[" not in cells[1 + lb.columns.index(c)] for c in one)
+    assert all("[" in cells[1 + lb.columns.index(c)] for c in eight)
