@@ -369,7 +369,7 @@ def footnotes(lb: Leaderboard) -> list[str]:
             seen.add(DEFINITIONS[m])
             defs.append(DEFINITIONS[m])
     notes = ["; ".join(defs) + f". Mean ± std over seeds ({seeds}); bold: the best mean of a column (timings are not ranked)."]
-    if lb.n_resamples:
+    if lb.n_resamples and lb.ci_low.notna().any().any():  # none when every dataset has one test volume
         notes.append(f"[a, b]: 95 % percentile bootstrap interval over test volumes ({lb.n_resamples} resamples of the "
                      "volumes, the same for every row of a dataset; pooled metrics recomputed from the stored float16 "
                      "maps, averaged over seeds).")

@@ -388,3 +388,6 @@ def test_one_test_volume_gets_no_bootstrap_interval_and_says_why(tmp_path):
     cells = row.split(" | ")
     assert all("[" not in cells[1 + lb.columns.index(c)] for c in one)
     assert all("[" in cells[1 + lb.columns.index(c)] for c in eight)
+    assert "[a, b]: 95 % percentile bootstrap" in md
+    only_one = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), datasets=["toy-1"], n_resamples=50))
+    assert "[a, b]" not in only_one and "toy-1: 1 test volume" in only_one  # no footnote for intervals never shown
