@@ -275,7 +275,9 @@ class HarnessLog:
 
     @property
     def used_val_voxel_labels(self) -> bool:
-        return bool(self.evaluations) and self.objective not in SLICE_LEVEL_OBJECTIVES
+        """Validation voxel masks were read: log.evaluate ran on at least one validation case with a voxel
+        objective (without a validation case, e.g. open-ms's split, every call returns NaN and reads nothing)."""
+        return bool(self.evaluations) and bool(self.val_cases) and self.objective not in SLICE_LEVEL_OBJECTIVES
 
 
 # -- the grid ---------------------------------------------------------------------------------------

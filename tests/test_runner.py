@@ -1,6 +1,7 @@
 """End to end through the CLI and the runner: tracking keys, skipping, reproducibility, failures, guarantees."""
 
 import json
+import math
 import os
 import re
 import stat
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from conftest import SpyMethod, ToyAdapter
 from lesionbench.cli import main
 from lesionbench.method import SliceSet
-from lesionbench.runner import RunRequest, run_grid
+from lesionbench.runner import HarnessLog, RunRequest, run_grid
 from lesionbench.tracking import RUN_TAGS
 
 METRIC_KEYS = ["auprc", "auroc", "dice_best", "dice_val", "dice_val_vol_mean", "dice_val_vol_std", "dice_fpr5", "slice_auroc", "slice_ap"]
@@ -199,13 +200,21 @@ def test_config_file_and_sweep_make_labelled_cells(tmp_path, capsys):
     assert t2.data.metrics["test/auprc"] != flair.data.metrics["test/auprc"]
 
 
+def test_evaluate_without_a_validation_case_reads_no_voxel_labels():
+    """open-ms's split has no validation case: log.evaluate returns NaN and the run must not be marked as having
+    used validation voxel labels (the leaderboard's ‡)."""
+    log = HarnessLog(None, object(), [], 1, "auprc")
+    assert not log.used_val_voxel_labels  # never called
+    assert math.isnan(log.evaluate(10))
+    assert log.evaluations == [(10, log.evaluations[0][1])] and not log.used_val_voxel_labels
+
+
 def test_a_cached_part_leaves_the_random_streams_where_training_it_would(tmp_path):
     """Same seed, same numbers whether a trained part comes from the cache or not: a cache hit puts the
     generators where training would have left them (so the rest of fit draws the same numbers), also for a
     method that reads another method's parts (``parts_owner``)."""
     import random
 
-    from lesionbench.runner import HarnessLog
     from lesionbench.seeding import seed_everything
 
     class Owner:
