@@ -324,9 +324,9 @@ def check_workdir(workdir: Path) -> Path:
     workdir = Path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # a probe of its own: workers sharing the workdir (run --storage) start together
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise ConfigError(f"cannot write to workdir {workdir}: {exc.strerror or exc}") from None
     return workdir

@@ -237,3 +237,19 @@ def test_a_cached_part_leaves_the_random_streams_where_training_it_would(tmp_pat
     assert fresh[-1] == [] and cached[-1] == ["part"] and borrowed[-1] == ["part"]
     assert fresh[:-1] == cached[:-1] == borrowed[:-1]
     assert [p.name.split("-")[:2] for p in tmp_path.iterdir()] == [["owner", "part"]]
+
+
+def test_workers_starting_together_can_all_check_the_shared_workdir(tmp_path):
+    # run --storage workers share one workdir and start together; a fixed probe file name made one worker
+    # delete another's probe ("cannot write to workdir ...: No such file or directory")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lesionbench.runner import check_workdir
+
+    def check_many(_):
+        for _ in range(300):
+            check_workdir(tmp_path / "w")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check_many, range(8)))  # re-raises the first error
+    assert list((tmp_path / "w").iterdir()) == []  # no probe is left behind
