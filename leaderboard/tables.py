@@ -44,7 +44,7 @@ QUALITY = tuple(m for m, (_, _, higher) in COLUMNS.items() if higher)
 HEADERS = {"dice_best": "⌈Dice⌉", "fit_s": "fit s", "predict_ms": "ms/slice", "wolleb_dice": "Otsu Dice (Wolleb)",
            "wolleb_auroc": "slice AUROC (Wolleb)"}
 CONSISTENT_PER_DATASET = ("params.data.preprocessing_hash", "params.split_hash", "tags.eval_space")
-SIGNIFICANT, VAL_VOXEL_LABELS = "†", "‡"
+SIGNIFICANT, VAL_VOXEL_LABELS, REUSED_PARTS = "†", "‡", "§"
 MEAN_RANK = "mean rank"
 
 DEFINITIONS = {
@@ -186,6 +186,7 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     per_volume: pd.DataFrame | None = None  # long: label, method, dataset, seed, volume, metric, value
     lesions: pd.DataFrame | None = None  # label, dataset, seed, case_id, size, detected, dice
+    reused: dict = field(default_factory=dict)  # (label, dataset) -> cached trained parts its runs loaded
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -226,9 +227,22 @@ def build_leaderboard(runs: pd.DataFrame, metrics=DEFAULT_METRICS, datasets=None
     lb = Leaderboard(metrics, runs, means, stds, counts, ci_low, ci_high, p_holm, best, mean_rank, data,
                      sorted(used["tags.label"].unique()), _seed_order(runs["tags.seed"]), n_resamples if statistics else 0,
                      bootstrap_seed)
+    lb.reused = reused_parts(runs)
     if statistics:
         _add_statistics(lb)
     return lb
+
+
+def reused_parts(runs: pd.DataFrame) -> dict:
+    """(label, dataset) -> the cached trained parts (design §3) its runs loaded instead of training (the
+    runner's ``reused.<part>`` tags): their fit time leaves out that training, so it is not the method's cost."""
+    reused = {}
+    tags = [c for c in runs.columns if c.startswith("tags.reused.")]
+    for _, r in runs.iterrows():
+        parts = [c.removeprefix("tags.reused.") for c in tags if isinstance(r[c], str) and r[c]]
+        if parts:
+            reused.setdefault((r["tags.label"], r["tags.dataset"]), set()).update(parts)
+    return {k: sorted(v) for k, v in reused.items()}
 
 
 def _add_statistics(lb: Leaderboard) -> None:
@@ -329,7 +343,10 @@ def cell(lb: Leaderboard, label: str, col) -> Cell:
     low, high = lb.ci_low.at[label, col], lb.ci_high.at[label, col]
     interval = "" if math.isnan(low) else f"[{low:.{d}f}, {high:.{d}f}]"
     p = lb.p_holm.at[label, col]
-    return Cell(value, interval, SIGNIFICANT if not math.isnan(p) and p < S.ALPHA else "", lb.best.get(col) == label)
+    marker = SIGNIFICANT if not math.isnan(p) and p < S.ALPHA else ""
+    if col[1] == "fit_s" and (label, col[0]) in lb.reused:
+        marker += REUSED_PARTS
+    return Cell(value, interval, marker, lb.best.get(col) == label)
 
 
 def rank_text(lb: Leaderboard, label: str) -> tuple[str, bool]:
@@ -384,6 +401,13 @@ def footnotes(lb: Leaderboard) -> list[str]:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
     if any(c[1] in QUALITY for c in lb.columns):
         notes.append(f"{MEAN_RANK}: each row's rank (1 = best) averaged over the quality columns shown.")
+    shown = {d for d, m in lb.columns if m == "fit_s"}
+    reused = [f"{label} on {dataset} ({', '.join(parts)})" for (label, dataset), parts in sorted(lb.reused.items())
+              if dataset in shown]
+    if reused:
+        notes.append(f"{REUSED_PARTS}: fit s leaves out the training of cached parts that another run trained and this "
+                     "one loaded (same data, split and seed), so it is not the method's whole training cost: "
+                     + ", ".join(reused) + ".")
     per_cell = lb.counts.T.groupby(level=0).max().T  # seeds per (label, dataset)
     fewer = [f"{label} on {dataset} ({int(n)})" for label in per_cell.index for dataset, n in per_cell.loc[label].items()
              if 0 < n < len(lb.seeds)]
@@ -411,7 +435,7 @@ def render_markdown(lb: Leaderboard) -> str:
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"⌈": r"$\lceil$", "⌉": r"$\rceil$", "±": r"$\pm$", "–": "--", "—": "---", "≥": r"$\geq$",
-                 "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
+                 "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "×": r"$\times$"}
 
 
 def latex_text(text: str) -> str:

@@ -69,7 +69,7 @@ def toy_scores(cases: list[PreparedCase], quality: float, key: str) -> list[M.Sc
 
 
 def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, status="FINISHED", split="s1",
-            config=None, val_voxels=False):
+            config=None, val_voxels=False, tags=None):
     """One finished cell as the runner records it: tags, params, metrics of metrics.evaluate, scores and grid."""
     cases = toy_cases(n_test, n_healthy)
     scored = toy_scores(cases, quality, f"{label}/{dataset}/{seed}/{quality}")
@@ -77,7 +77,7 @@ def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, statu
     evaluation = M.evaluate(scored, val)
     tags = {"method": label.split("[")[0], "label": label, "dataset": dataset, "seed": seed, "split_seed": 0,
             "profile": "smoke", "run_kind": "run", "cell": f"{label}-{dataset}-{seed}-{split}-{config}",
-            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower()}
+            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower(), **(tags or {})}
     params = {"config_hash": config or f"cfg-{label}", "split_hash": split, "data.preprocessing_hash": "p1"}
     run = tracker.start(f"{label}/{dataset}/seed{seed}", tags, params)
     metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
@@ -391,3 +391,26 @@ def test_one_test_volume_gets_no_bootstrap_interval_and_says_why(tmp_path):
     assert "[a, b]: 95 % percentile bootstrap" in md
     only_one = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), datasets=["toy-1"], n_resamples=50))
     assert "[a, b]" not in only_one and "toy-1: 1 test volume" in only_one  # no footnote for intervals never shown
+
+
+def test_a_fit_time_that_left_out_reused_parts_is_marked(tmp_path):
+    """A variant that loaded the DDPM and classifier other runs trained logs a fit of seconds: the table must
+    not pass that off as the method's training cost."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    masked = "wolleb-wargnier[variant=masked]"
+    log_run(tracker, "wolleb", "toy-8", 0, 0.5)
+    log_run(tracker, masked, "toy-8", 0, 0.6, tags={"reused.ddpm": "d1", "reused.constrained_classifier": "c1"})
+    log_run(tracker, masked, "toy-4", 0, 0.6, n_test=4)  # trained its own parts there
+    lb = build_leaderboard(load_runs(uri), metrics=("auprc", "fit_s"), n_resamples=0)
+    md = render_markdown(lb)
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    fit = {d: 1 + lb.columns.index((d, "fit_s")) for d in ("toy-4", "toy-8")}
+    assert rows[masked][fit["toy-8"]] == "1.0§"
+    assert "§" not in rows[masked][fit["toy-4"]] and "§" not in rows["wolleb"][fit["toy-8"]]
+    assert "§" not in rows[masked][1 + lb.columns.index(("toy-8", "auprc"))]  # quality columns keep no marker
+    assert "§: fit s leaves out the training of cached parts" in md
+    assert f"{masked} on toy-8 (constrained_classifier, ddpm)." in md and f"{masked} on toy-4" not in md
+    assert r"1.0$^\S$" in render_latex(lb)
+    without_fit = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
+    assert "§" not in without_fit  # no marker and no footnote when fit times are not shown
