@@ -405,7 +405,7 @@ def footnotes(lb: Leaderboard) -> list[str]:
     reused = [f"{label} on {dataset} ({', '.join(parts)})" for (label, dataset), parts in sorted(lb.reused.items())
               if dataset in shown]
     if reused:
-        notes.append(f"{REUSED_PARTS}: fit s leaves out the training of cached parts that another run trained and this "
+        notes.append(f"{REUSED_PARTS}: fit s leaves out the training of cached parts that an earlier run trained and this "
                      "one loaded (same data, split and seed), so it is not the method's whole training cost: "
                      + ", ".join(reused) + ".")
     per_cell = lb.counts.T.groupby(level=0).max().T  # seeds per (label, dataset)

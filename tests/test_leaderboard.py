@@ -69,7 +69,7 @@ def toy_scores(cases: list[PreparedCase], quality: float, key: str) -> list[M.Sc
 
 
 def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, status="FINISHED", split="s1",
-            config=None, val_voxels=False, tags=None):
+            config=None, val_voxels=False, extra_tags=None):
     """One finished cell as the runner records it: tags, params, metrics of metrics.evaluate, scores and grid."""
     cases = toy_cases(n_test, n_healthy)
     scored = toy_scores(cases, quality, f"{label}/{dataset}/{seed}/{quality}")
@@ -77,7 +77,7 @@ def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, statu
     evaluation = M.evaluate(scored, val)
     tags = {"method": label.split("[")[0], "label": label, "dataset": dataset, "seed": seed, "split_seed": 0,
             "profile": "smoke", "run_kind": "run", "cell": f"{label}-{dataset}-{seed}-{split}-{config}",
-            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower(), **(tags or {})}
+            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower(), **(extra_tags or {})}
     params = {"config_hash": config or f"cfg-{label}", "split_hash": split, "data.preprocessing_hash": "p1"}
     run = tracker.start(f"{label}/{dataset}/seed{seed}", tags, params)
     metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
@@ -400,7 +400,7 @@ def test_a_fit_time_that_left_out_reused_parts_is_marked(tmp_path):
     tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
     masked = "wolleb-wargnier[variant=masked]"
     log_run(tracker, "wolleb", "toy-8", 0, 0.5)
-    log_run(tracker, masked, "toy-8", 0, 0.6, tags={"reused.ddpm": "d1", "reused.constrained_classifier": "c1"})
+    log_run(tracker, masked, "toy-8", 0, 0.6, extra_tags={"reused.ddpm": "d1", "reused.constrained_classifier": "c1"})
     log_run(tracker, masked, "toy-4", 0, 0.6, n_test=4)  # trained its own parts there
     lb = build_leaderboard(load_runs(uri), metrics=("auprc", "fit_s"), n_resamples=0)
     md = render_markdown(lb)
