@@ -250,3 +250,69 @@ def test_smoke_run_through_the_cli_reuses_trained_parts(tmp_path):
     # changing only inference settings does not retrain
     assert main(base + ["--set", "wolleb.guidance_scale=20", "--set", "wolleb.noise_level=300"]) == 0
     assert sorted(p.name for p in (workdir / "parts").iterdir()) == parts
+
+
+# -- training on the timesteps the sampler uses (train_max_t, classifier_max_t) ------------------------
+
+
+class RecordsTimesteps(torch.nn.Module):
+    """A stand-in network that remembers every timestep it is asked for."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.out_channels, self.seen = out_channels, []
+
+    def forward(self, x, t, class_labels=None):
+        self.seen.append(t.clone())
+        shape = (x.shape[0], self.out_channels, *x.shape[2:]) if self.out_channels > 2 else (x.shape[0], 2)  # eps or logits
+        return torch.zeros(shape) + self.weight
+
+
+@pytest.mark.parametrize("max_t, expected_top", [(0, 999), (150, 150)])
+def test_training_draws_timesteps_up_to_max_t_only(max_t, expected_top):
+    from lesionbench.methods.wolleb.training import Schedule, train_classifier, train_denoiser
+
+    torch.manual_seed(0)
+    betas, abar = S.linear_schedule(1000)
+    x, labels = torch.zeros(16, 4, 8, 8), torch.arange(16) % 2
+    schedule = Schedule(steps=200, batch_size=16, lr=1e-3, max_t=max_t)
+    denoiser, classifier = RecordsTimesteps(4), RecordsTimesteps(2)
+    train_denoiser(denoiser, x, labels, betas, abar, schedule, False, 0.0, torch.device("cpu"), NullLog(), "ddpm")
+    train_classifier(classifier, x, labels, abar, schedule, torch.device("cpu"), NullLog())
+    for network in (denoiser, classifier):
+        seen = torch.cat(network.seen)
+        assert seen.min() == 0 and seen.max() == expected_top  # 3200 draws cover both ends of the range
+
+
+@pytest.mark.parametrize("cls, key", [(Wolleb, "train_max_t"), (Wolleb, "classifier_max_t"), (DDPM, "train_max_t")])
+def test_a_max_t_below_the_noise_level_is_refused_by_name(cls, key):
+    with pytest.raises(ValueError, match=f"{key} 100 must lie in \\[noise_level \\(200\\)"):
+        cls(cls.make_config("smoke", {key: 100, "noise_level": 200}), "cpu", MODALITIES)
+    cls(cls.make_config("smoke", {key: 200, "noise_level": 200}), "cpu", MODALITIES)  # L itself is trained on
+
+
+def test_max_t_is_part_of_the_cache_key_only_when_set():
+    method = Wolleb(Wolleb.make_config("smoke", {}), "cpu", MODALITIES)
+    method._build((4, 32, 32))
+    ddpm_key, clf_key = method._part_keys()
+    assert "train_max_t" not in ddpm_key and "classifier_max_t" not in clf_key  # parts cached before the keys existed still match
+    method.config = Wolleb.make_config("smoke", {"train_max_t": 300, "classifier_max_t": 400})
+    ddpm_key, clf_key = method._part_keys()
+    assert ddpm_key["train_max_t"] == 300 and clf_key["classifier_max_t"] == 400
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+@pytest.mark.parametrize("cls", [Wolleb, DDPM])
+def test_every_search_space_suggestion_builds_a_method(cls, profile):
+    """A study never suggests a noise level above the timesteps its profile's networks are trained on."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    levels = set()
+    for _ in range(40):
+        params = cls.search_space(study.ask())
+        cls(cls.make_config(profile, params), "cpu", MODALITIES)
+        levels.add(params["noise_level"])
+    assert max(levels) == 500  # the paper's L is within reach

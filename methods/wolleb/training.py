@@ -25,6 +25,14 @@ class Schedule:
     max_minutes: float = 0.0
     ema: float = 0.0  # 0 = no EMA; the paper uses 0.9999
     log_every: int = 10
+    max_t: int = 0  # train on t ~ U{0, ..., max_t} only; 0 = U[0, T) (the papers)
+
+
+def _timesteps(schedule: Schedule, timesteps: int) -> int:
+    """The exclusive upper bound of the training timesteps."""
+    if schedule.max_t < 0 or schedule.max_t >= timesteps:
+        raise ValueError(f"train_max_t must lie in [0, {timesteps}) (0 = all timesteps), not {schedule.max_t}")
+    return schedule.max_t + 1 if schedule.max_t else timesteps
 
 
 def autocast(device: torch.device):
@@ -52,12 +60,12 @@ def _cpu_state(network) -> dict:
 
 def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas: torch.Tensor, alphas_cumprod: torch.Tensor,
                    schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str) -> dict:
-    """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T).
-    ``labels`` condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
+    """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T), or
+    U{0, ..., schedule.max_t} when set (a sampler that never goes above L needs no larger t). ``labels`` condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.0)
     ema = copy.deepcopy(network).eval() if schedule.ema > 0 else None
-    timesteps = len(betas)
+    timesteps = _timesteps(schedule, len(betas))
     started = time.monotonic()
     batches = _batches(len(x), schedule.batch_size)
     for step in range(1, schedule.steps + 1):
@@ -93,12 +101,13 @@ def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas:
 
 def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: Schedule,
                      device: torch.device, log, prefix: str = "classifier", constraint=None) -> dict:
-    """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier).
+    """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier),
+    or U{0, ..., schedule.max_t} when set (guidance only ever asks for t <= L).
     ``constraint(network, x_t, t, y, index)``, when given, returns a term added to the loss (``wolleb-wargnier``:
     the attribution constraint, weighted), logged as ``<prefix>_constraint``."""
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.05)  # guided-diffusion's classifier_train defaults
-    timesteps = len(alphas_cumprod)
+    timesteps = _timesteps(schedule, len(alphas_cumprod))
     started = time.monotonic()
     batches = _batches(len(x), schedule.batch_size)
     for step in range(1, schedule.steps + 1):
