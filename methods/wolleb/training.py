@@ -31,7 +31,7 @@ class Schedule:
 def _timesteps(schedule: Schedule, timesteps: int) -> int:
     """The exclusive upper bound of the training timesteps."""
     if schedule.max_t < 0 or schedule.max_t >= timesteps:
-        raise ValueError(f"train_max_t must lie in [0, {timesteps}) (0 = all timesteps), not {schedule.max_t}")
+        raise ValueError(f"max_t must lie in [0, {timesteps}) (0 = all timesteps), not {schedule.max_t}")
     return schedule.max_t + 1 if schedule.max_t else timesteps
 
 
@@ -61,7 +61,8 @@ def _cpu_state(network) -> dict:
 def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas: torch.Tensor, alphas_cumprod: torch.Tensor,
                    schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str) -> dict:
     """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T), or
-    U{0, ..., schedule.max_t} when set (a sampler that never goes above L needs no larger t). ``labels`` condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
+    U{0, ..., schedule.max_t} when set (a sampler that never goes above L needs no larger t). ``labels``
+    condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.0)
     ema = copy.deepcopy(network).eval() if schedule.ema > 0 else None
