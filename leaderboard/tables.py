@@ -42,11 +42,14 @@ COLUMNS = {
 #: Timings are shown, never bolded or ranked: they depend on the device, not on the method alone.
 QUALITY = tuple(m for m, (_, _, higher) in COLUMNS.items() if higher)
 HEADERS = {"dice_best": "⌈Dice⌉", "fit_s": "fit s", "predict_ms": "ms/slice", "wolleb_dice": "Otsu Dice (Wolleb)",
-           "wolleb_auroc": "slice AUROC (Wolleb)"}
+           "wolleb_auroc": "AUROC per slice (Wolleb)"}
 CONSISTENT_PER_DATASET = ("params.data.preprocessing_hash", "params.split_hash", "tags.eval_space")
 SIGNIFICANT, VAL_VOXEL_LABELS, REUSED_PARTS = "†", "‡", "§"
 MEAN_RANK = "mean rank"
 
+WOLLEB_PROTOCOL = ("Otsu Dice / AUROC per slice (Wolleb): Wolleb et al. (2022)'s protocol on each diseased test slice, an Otsu "
+                   "threshold for Dice and the slice's voxel AUROC, averaged over diseased slices only; comparable with that "
+                   "paper's table, not with the pooled columns")
 DEFINITIONS = {
     "auprc": "auprc: average precision over all test brain voxels pooled (primary)",
     "auroc": "auroc: voxel AUROC, pooled",
@@ -56,8 +59,8 @@ DEFINITIONS = {
     "dice_fpr5": "dice_fpr5: pooled test Dice at the threshold that flags 5 % of the brain voxels of healthy validation slices (image labels only)",
     "slice_auroc": "slice_auroc / slice_ap: slice-level detection from the slice score",
     "slice_ap": "slice_auroc / slice_ap: slice-level detection from the slice score",
-    "wolleb_dice": "Otsu Dice / slice AUROC (Wolleb): Wolleb et al. (2022)'s protocol, a threshold per test slice (Otsu) and means over "
-                   "diseased slices only; comparable with that paper's table, not with the pooled columns",
+    "wolleb_dice": WOLLEB_PROTOCOL,
+    "wolleb_auroc": WOLLEB_PROTOCOL,
     "fit_s": "fit s: training wall time; ms/slice: inference time per test slice (device-dependent, not ranked)",
     "predict_ms": "fit s: training wall time; ms/slice: inference time per test slice (device-dependent, not ranked)",
 }

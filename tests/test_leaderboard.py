@@ -20,6 +20,8 @@ from lesionbench.figures import grid_tiles, qualitative_grid
 from lesionbench.leaderboard import statistics as S
 from lesionbench.leaderboard.rescoring import RunScores, lesion_size_table
 from lesionbench.leaderboard.tables import (
+    COLUMNS,
+    DEFINITIONS,
     LeaderboardError,
     build_leaderboard,
     load_runs,
@@ -83,6 +85,7 @@ def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, statu
     metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
     metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
     metrics.update({"time/fit_s": 1.0 + seed, "time/predict_s_per_slice": 0.001})
+    metrics.update({f"wolleb_protocol/{k}": v for k, v in M.wolleb_protocol(scored).items()})  # as the runner logs it
     run.metrics(metrics)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez_compressed(Path(tmp) / SCORES_ARTIFACT, **score_arrays(scored))
@@ -414,3 +417,23 @@ def test_a_fit_time_that_left_out_reused_parts_is_marked(tmp_path):
     assert r"1.0$^\S$" in render_latex(lb)
     without_fit = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
     assert "§" not in without_fit  # no marker and no footnote when fit times are not shown
+
+
+@pytest.mark.parametrize("metrics", [("auprc", "wolleb_dice", "wolleb_auroc"), ("wolleb_auroc",)])
+def test_the_wolleb_protocol_columns_render_with_their_definition(store, metrics):
+    """The README's `leaderboard --metrics auprc wolleb_dice wolleb_auroc` (wolleb_auroc had no definition: KeyError)."""
+    uri, _, logged = store
+    lb = build_leaderboard(load_runs(uri), metrics=metrics, n_resamples=0)
+    md = render_markdown(lb)
+    assert md.count("Otsu Dice / AUROC per slice (Wolleb)") == 1
+    header = md.splitlines()[0]
+    assert "toy-8 AUROC per slice (Wolleb)" in header
+    row = next(line for line in md.splitlines() if line.startswith("| bad |")).split(" | ")
+    column = 1 + lb.columns.index(("toy-8", "wolleb_auroc"))
+    expected = np.mean([M.wolleb_protocol(toy_scores(toy_cases(8, 0), 0.25, f"bad/toy-8/{seed}/0.25"))["auroc"] for seed in (0, 1)])
+    assert row[column].startswith(f"{expected:.3f}")
+    assert main(["leaderboard", "--tracking-uri", uri, "--format", "md", "--metrics", *metrics]) == 0
+
+
+def test_every_column_has_a_definition():
+    assert set(COLUMNS) <= set(DEFINITIONS)
