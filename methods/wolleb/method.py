@@ -13,6 +13,8 @@ dense layer, not the authors' attention pooling); the number of DDIM steps is a 
 channels in [-1, 1] units; the slice score is the harness's default (99th percentile of the map) or,
 with ``score = "classifier"``, the classifier's p(lesion | x, t = 0). The trained DDPM and classifier are
 cached by their own hyperparameters (``FitLog.cached``), so changing L, s or the stride does not retrain.
+``train_max_t`` / ``classifier_max_t`` (``quick``: 500) train the networks on t <= that bound only, since
+the sampler never goes above L; 0 (``paper``) is the authors' t ~ U[0, T).
 Our pooled metrics are not the paper's table (theirs: per-slice Otsu Dice over diseased slices).
 """
 
