@@ -59,8 +59,8 @@ class DDPM(Method):
         # three (8, 16, 32) at batch 16 0.26 s)
         "demo": dict(widths=(8, 16, 32), attention=(False, False, False), batch_size=16, steps=150,
                      noise_level=400, stride=200),
-        # within design §3's 5 min per cell on 2 cores: the network trains only on the timesteps the sampler uses
-        # (t <= 500 >= L). Validation of synth-tumor (split seed 0, seed 0; issue 5 note), auprc: 0.097 here, 0.090
+        # within design §3's 5 min per cell: 265-279 s a cell on 2 idle cores (issue 5 note). The network trains
+        # only on the timesteps the sampler uses (t <= 500 >= L). Validation of synth-tumor (split seed 0, seed 0; issue 5 note), auprc: 0.097 here, 0.090
         # for (8, 16, 32) without attention at 500 steps, 0.075 at 300, 0.119 for the previous quick (300 steps on
         # all T, ~7 min a cell); at an earlier stop L 200-600 and stride 20-50 all gave 0.13-0.14.
         "quick": dict(widths=(16, 32, 64), attention=(False, False, True), steps=150, lr=1e-3, train_max_t=500,

@@ -85,14 +85,15 @@ class Wolleb(Method):
         "demo": dict(widths=(8, 16, 32), attention=(False, False, False), batch_size=16, steps=150,
                      classifier_widths=(8, 16, 32), classifier_attention=(False, False, False), classifier_steps=200,
                      classifier_batch_size=16, noise_level=200, stride=50, guidance_scale=100.0),
-        # a meaningful CPU result within design §3's 5 min per cell on 2 cores. Both networks train only on the
-        # timesteps the sampler uses (t <= 500 >= L; the paper: all T), which makes 250 steps of each enough; the
-        # DDPM has three narrow levels without attention (8, 16, 32: 0.45 s a batch-32 step on 2 cores, against
-        # 1.44 s for the (16, 32, 64) UNet with attention). Chosen on the validation split of synth-tumor (split
-        # seed 0, seed 0; issue 5 note), val auprc: 0.528 here, 0.553 with t <= 300, 0.543 with 300 steps each and
-        # t <= 300, 0.328 with the classifier also (8, 16, 32), 0.508 for the previous quick (UNet (16, 32, 64)
-        # with attention, classifier 800 steps, all T, stride 20; 12.7 min a cell); stride 25 beats 40 (0.519)
-        # and 50 (0.499); L = 200-300 with s = 50-100 beat L = 400-600 or s = 300 at the earlier stops.
+        # a meaningful CPU result within design §3's 5 min per cell: 260-279 s a cell on 2 idle cores (issue 5
+        # note). Both networks train only on the timesteps the sampler uses (t <= 500 >= L; the paper: all T),
+        # which makes 250 steps of each enough; the DDPM has three narrow levels without attention (8, 16, 32:
+        # 0.45 s a batch-32 step on 2 cores, against 1.44 s for (16, 32, 64) with attention). Chosen on the
+        # validation split of synth-tumor (split seed 0, seed 0), val auprc: 0.528 here; 0.553 with t <= 300;
+        # 0.543 with 300 steps each and t <= 300 (with those parts, stride 40: 0.519, stride 50: 0.499); 0.328
+        # with the classifier also (8, 16, 32), 600 steps; 0.508 for the previous quick (UNet (16, 32, 64) with
+        # attention, classifier 800 steps, all T, stride 20: 12.7 min a cell). L = 200-300 with s = 50-100 beat
+        # L = 400-600 or s = 300 at earlier stops.
         "quick": dict(widths=(8, 16, 32), attention=(False, False, False), steps=250, lr=1e-3, train_max_t=500,
                       classifier_widths=(16, 32, 64), classifier_steps=250, classifier_max_t=500,
                       noise_level=200, stride=25, guidance_scale=100.0),
