@@ -21,7 +21,7 @@ import torch
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
 from lesionbench.methods.wolleb.networks import diffusion_unet, pad_to_multiple
 from lesionbench.methods.wolleb.sampling import ddim_times, guided_ddim_decode, linear_schedule
-from lesionbench.methods.wolleb.training import Schedule, autocast, train_denoiser
+from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_denoiser
 
 
 @dataclass
@@ -78,9 +78,7 @@ class DDPM(Method):
             raise ValueError("ddpm: widths and attention must have one entry per level")
         if not 0 < c.noise_level < c.timesteps:
             raise ValueError(f"ddpm: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
-        if c.train_max_t and not c.noise_level <= c.train_max_t < c.timesteps:
-            raise ValueError(f"ddpm: train_max_t {c.train_max_t} must lie in [noise_level ({c.noise_level}), {c.timesteps}) "
-                             "(the sampler would ask the network for timesteps it was not trained on), or be 0 (all)")
+        check_max_t("ddpm", "train_max_t", c.train_max_t, c.noise_level, c.timesteps)
         self.unet = None
         self.in_shape: tuple[int, int, int] | None = None
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)

@@ -30,7 +30,7 @@ from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditione
 from lesionbench.methods.wolleb.sampling import (
     class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
 )
-from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier, train_denoiser
+from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_classifier, train_denoiser
 
 HEALTHY, LESION = 0, 1
 
@@ -116,9 +116,7 @@ class Wolleb(Method):
         if not 0 < c.noise_level < c.timesteps:
             raise ValueError(f"{self.name}: noise_level {c.noise_level} must lie in (0, {c.timesteps})")
         for key in ("train_max_t", "classifier_max_t"):
-            if getattr(c, key) and not c.noise_level <= getattr(c, key) < c.timesteps:
-                raise ValueError(f"{self.name}: {key} {getattr(c, key)} must lie in [noise_level ({c.noise_level}), {c.timesteps}) "
-                                 "(the sampler would ask the networks for timesteps they were not trained on), or be 0 (all)")
+            check_max_t(self.name, key, getattr(c, key), c.noise_level, c.timesteps)
         self.unet = self.classifier = None  # built in fit (or load_state_dict), once the slice shape is known
         self.in_shape: tuple[int, int, int] | None = None  # (C, H, W) after padding
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)

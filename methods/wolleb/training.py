@@ -28,6 +28,13 @@ class Schedule:
     max_t: int = 0  # train on t ~ U{0, ..., max_t} only; 0 = U[0, T) (the papers)
 
 
+def check_max_t(owner: str, key: str, max_t: int, noise_level: int, timesteps: int) -> None:
+    """A network trained on t <= ``max_t`` only (0 = all) must cover the sampler's noise level L."""
+    if max_t and not noise_level <= max_t < timesteps:
+        raise ValueError(f"{owner}: {key} {max_t} must lie in [noise_level ({noise_level}), {timesteps}) "
+                         "(the sampler would ask for timesteps the network was not trained on), or be 0 (all)")
+
+
 def _timesteps(schedule: Schedule, timesteps: int) -> int:
     """The exclusive upper bound of the training timesteps."""
     if schedule.max_t < 0 or schedule.max_t >= timesteps:
