@@ -10,6 +10,10 @@ Metric keys:
   (uses validation voxel masks, so it is not weakly supervised).
 - ``dice_val_vol_mean`` / ``dice_val_vol_std``: the same threshold, Dice per test volume that has lesions
   (healthy volumes excluded; ``dice_val_n_volumes`` counts the included ones; std with ddof=0).
+- ``auprc_vol_mean`` / ``auprc_vol_std``: AP per test volume that has lesions, averaged (healthy volumes have no
+  AP and are excluded; ``auprc_n_volumes`` counts the included ones; std with ddof=0). Beside
+  ``dice_val_vol_mean``, the per-volume figure Behrendt et al.'s pDDPM/cDDPM tables report; there is no per-volume
+  best Dice (its threshold would be tuned on the test volume).
 - ``dice_fpr5``: pooled test Dice at the threshold that flags 5 % of the brain voxels of validation
   slices labelled healthy (image labels only: fully weakly supervised).
 - ``slice_auroc`` / ``slice_ap``: slice-level detection from the method's slice score, over slices
@@ -380,6 +384,14 @@ class _Collect:
         return False
 
 
+def _volume_mean(key: str, values: np.ndarray) -> dict[str, float]:
+    """``<key>_vol_mean``, ``<key>_vol_std`` (ddof=0) and ``<key>_n_volumes`` of the lesioned volumes' values; NaN
+    mean and std (n = 0) without a lesioned test volume."""
+    if values.size == 0:
+        return {f"{key}_vol_mean": NAN, f"{key}_vol_std": NAN, f"{key}_n_volumes": 0}
+    return {f"{key}_vol_mean": float(values.mean()), f"{key}_vol_std": float(values.std()), f"{key}_n_volumes": int(values.size)}
+
+
 def evaluate(test: Sequence[ScoredVolume], val: Sequence[ScoredVolume]) -> Evaluation:
     """All §5 metrics: pooled test and validation metrics, thresholds chosen on validation, per volume."""
     import pandas as pd  # only the evaluation needs pandas
@@ -437,14 +449,12 @@ def evaluate(test: Sequence[ScoredVolume], val: Sequence[ScoredVolume]) -> Evalu
             rows, columns=["case_id", "n_brain", "n_lesion", "auprc", "dice_best", "dice_val", "dice_fpr5"]
         )
 
-        lesion_dice = per_volume.loc[per_volume.n_lesion > 0, "dice_val"].to_numpy(np.float64)
+        lesioned = per_volume.n_lesion > 0
         if math.isnan(t_val):
-            mean = std = n_vol = NAN
-        elif lesion_dice.size == 0:
-            mean, std, n_vol = NAN, NAN, 0
+            test_m.update(dice_val_vol_mean=NAN, dice_val_vol_std=NAN, dice_val_n_volumes=NAN)
         else:
-            mean, std, n_vol = float(lesion_dice.mean()), float(lesion_dice.std()), int(lesion_dice.size)
-        test_m.update(dice_val_vol_mean=mean, dice_val_vol_std=std, dice_val_n_volumes=n_vol)
+            test_m.update(_volume_mean("dice_val", per_volume.loc[lesioned, "dice_val"].to_numpy(np.float64)))
+        test_m.update(_volume_mean("auprc", per_volume.loc[lesioned, "auprc"].to_numpy(np.float64)))
 
     return Evaluation(
         test=test_m,

@@ -342,9 +342,31 @@ def test_evaluate_thresholds_and_per_volume():
     for key, value in evaluate_split(test).items():
         assert ev.test[key] == pytest.approx(value, nan_ok=True)
     for key in ["auprc", "auroc", "dice_best", "dice_val", "dice_val_vol_mean", "dice_val_vol_std",
-                "dice_val_n_volumes", "dice_fpr5", "slice_auroc", "slice_ap", "n_volumes",
+                "dice_val_n_volumes", "auprc_vol_mean", "auprc_vol_std", "auprc_n_volumes", "dice_fpr5", "slice_auroc", "slice_ap", "n_volumes",
                 "n_lesion_volumes", "prevalence"]:
         assert key in ev.test
+
+
+def test_auprc_vol_mean_is_sklearn_ap_per_lesioned_volume():
+    """auprc_vol_mean: scikit-learn's AP of each test volume with lesions, averaged; healthy volumes left out and
+    counted (auprc_n_volumes), std with ddof=0 as dice_val_vol_std; logged whatever the validation split holds."""
+    test, val = make_split("t", 12, n=6, n_healthy=2), make_split("v", 13, n=3)
+    ev = evaluate(test, val)
+    ap = [average_precision_score(v.lesion[v.brain], v.map[v.brain]) for v in test if v.lesion[v.brain].any()]
+    assert len(ap) == 4 and ev.test["auprc_n_volumes"] == 4
+    assert abs(ev.test["auprc_vol_mean"] - np.mean(ap)) < TOL
+    assert abs(ev.test["auprc_vol_std"] - np.std(ap)) < TOL
+    assert abs(ev.test["auprc_vol_mean"] - ev.test["auprc"]) > 1e-3  # not the pooled AP
+    healthy_val = make_split("v", 14, n=2, n_healthy=2)  # no validation lesion: dice_val* NaN, AP per volume still
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        no_threshold = evaluate(test, healthy_val)
+    assert math.isnan(no_threshold.test["dice_val_vol_mean"])
+    assert no_threshold.test["auprc_vol_mean"] == pytest.approx(np.mean(ap), abs=TOL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pooled metrics warn: no lesion in the test split
+        only_healthy = evaluate(make_split("h", 15, n=2, n_healthy=2), val)
+    assert math.isnan(only_healthy.test["auprc_vol_mean"]) and only_healthy.test["auprc_n_volumes"] == 0
 
 
 @pytest.mark.filterwarnings("ignore:validation. (auprc|auroc|dice_best|slice_auroc|slice_ap) is undefined")
