@@ -23,7 +23,7 @@ from lesionbench.runner import (
     check_workdir,
     explicit_data_keys,
     plan,
-    prepare_dataset,
+    prepare_datasets,
     resolve_device,
     run_cell,
 )
@@ -59,14 +59,16 @@ def run_shared_grid(request: RunRequest, plugins: Plugins, console,
     cells: dict[str, tuple] = {}  # cell hash -> what run_cell needs
     for spec, dcls in zip(request.datasets, dataset_classes):
         try:
-            dataset, split, split_path = prepare_dataset(spec, dcls, data, request, workdir, explicit, console)
+            prepared = prepare_datasets(spec, dcls, data, request, workdir, explicit, console)
         except (DataError, ConfigError) as exc:  # this dataset's cells are not queued
             console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
-            results += [CellResult(v.label, dcls.name, seed, "failed", error=str(exc)) for v in variants for seed in request.seeds]
+            results += [CellResult(v.label, dcls.name, seed, "failed", error=str(exc)) for v in variants for seed in request.seeds
+                        for _ in range(max(request.folds, 1))]
             continue
-        for variant in variants:
-            for seed in request.seeds:
-                cells[cell_hash(variant, dataset, split, seed, eval_space)] = (variant, dataset, split, split_path, seed)
+        for dataset, split, split_path in prepared:  # one split, or one per cross-validation fold
+            for variant in variants:
+                for seed in request.seeds:
+                    cells[cell_hash(variant, dataset, split, seed, eval_space)] = (variant, dataset, split, split_path, seed)
     if not cells:
         return results
 

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run cells that already have a finished run")
     r.add_argument("--split-seed", type=int, default=0, help="seed of the subject-level split (independent of --seeds)")
     r.add_argument("--split", action="append", default=[], metavar="[DATASET=]FILE", help="a split file: case id -> train/val/test")
+    r.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="K-fold cross-validation over subjects (stratified; every case tested once, each fold its own "
+                        "cell; the leaderboard pools the folds' test volumes)")
     r.add_argument("--root", action="append", default=[], metavar="DATASET=PATH", help="data folder of a file-based dataset")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     r.add_argument("--experiment", default="lesionbench")
@@ -186,7 +189,7 @@ def cmd_run(args) -> int:
         split_seed=args.split_seed, split_files=_pairs(args.split, "--split", default_key="*"),
         roots=_pairs(args.root, "--root"), tracking_uri=args.tracking_uri, experiment=args.experiment,
         objective=args.objective, eval_native=args.eval_native, save_maps=args.save_maps, skip_bad=args.skip_bad,
-        storage=args.storage, study=args.study, heartbeat=args.heartbeat,
+        storage=args.storage, study=args.study, heartbeat=args.heartbeat, folds=args.folds,
     )
     return run_and_report(request, plugins, args.metrics)
 

@@ -40,6 +40,7 @@ class DataConfig:
     val_fraction: float = 0.15  # subject-level split fractions (ignored with --split FILE)
     test_fraction: float = 0.25
     subjects: int = 40  # synthetic sets: number of subjects
+    healthy_fraction: float = 0.3  # synthetic sets: share of subjects without lesions
     depth: int = 32  # synthetic sets: axial slices per subject
     seed: int = 0  # synthetic sets: generator seed (independent of run seeds and of the split seed)
     predict_batch: int = 64  # slices per predict call
@@ -48,8 +49,8 @@ class DataConfig:
 #: Data settings per profile (the smoke profile keeps the test suite fast on 2 cores).
 DATA_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"size": 32, "subjects": 14, "depth": 12},
-    "demo": {"subjects": 24, "depth": 24},  # the README's main job: every method, both sets, a few minutes
-    "quick": {},
+    "demo": {"subjects": 32, "depth": 24},  # the README's main job: every method, both sets, a few minutes
+    "quick": {"subjects": 64},
     "paper": {"size": 128},
 }
 

@@ -197,6 +197,15 @@ def load_case(case: str, files: CaseFiles, lesion_values: tuple[int, ...] | None
     return Volume(case, stacked, lesion, brain, tuple(files.modalities), ref.spacing, ref.affine)
 
 
+def lesion_voxel_count(case: str, path: Path, lesion_values: tuple[int, ...] | None = None,
+                       known_labels: tuple[int, ...] | None = None) -> int:
+    """The number of lesion voxels of a case's label file, read alone (no image is opened): the case summary
+    that stratified splits use."""
+    labels = _labels(case, read_image(path), known_labels)
+    lesion = np.isin(labels, lesion_values) if lesion_values is not None else labels > 0
+    return int(np.count_nonzero(lesion))
+
+
 def write_like(data: np.ndarray, reference: Path, out: Path) -> Path:
     """Write ``data`` [D, H, W] (in the ``AXES`` order of ``reference``'s grid) as NIfTI in the reference's
     source space: its array layout, shape and affine, so viewers overlay it on the source image."""

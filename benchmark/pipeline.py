@@ -45,6 +45,7 @@ class PreparedDataset:
         self.cache_hits = 0
         self.skip_bad = skip_bad
         self.skipped: dict[str, str] = {}  # case -> why (with skip_bad)
+        self.fold = None  # the cross-validation fold this split is (set by the runner), or None
         self._screen()
         self.geometry, self.modalities, prepared = self._fit_geometry()
         for case in prepared:  # training cases prepared while fitting the geometry
@@ -198,6 +199,31 @@ class PreparedDataset:
     def test_cases(self) -> list[PreparedCase]:
         """The test split: for the final evaluation only."""
         return self._cases("test")
+
+
+def lesion_loads(adapter: DatasetAdapter, cases: list[str], cache_dir: Path) -> dict[str, int | None]:
+    """Case summaries for stratified splits: each case's lesion voxel count (the adapter reads the mask, never
+    the images), cached under ``cache_dir/summaries`` by the case's fingerprint; None where the adapter cannot
+    tell."""
+    folder = Path(cache_dir) / "summaries"
+    loads = {}
+    for case in cases:
+        path = folder / f"{stable_hash(['lesion_voxels', adapter.fingerprint(case)], 20)}.json"
+        try:
+            loads[case] = json.loads(path.read_text())["lesion_voxels"]
+            continue
+        except (OSError, ValueError, KeyError, TypeError):  # absent, or unreadable: computed again
+            pass
+        try:
+            loads[case] = adapter.lesion_voxels(case)
+        except DataError:
+            raise
+        except Exception as exc:  # adapters' own errors get the case named
+            raise DataError(f"dataset {adapter.name}, case {case}: {type(exc).__name__}: {exc}") from exc
+        if loads[case] is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(path, json.dumps({"case": case, "lesion_voxels": int(loads[case])}))
+    return loads
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

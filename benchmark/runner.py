@@ -31,11 +31,11 @@ from lesionbench.config import (
     typed_overrides,
 )
 from lesionbench.method import Method, SliceSet
-from lesionbench.pipeline import PreparedDataset
+from lesionbench.pipeline import PreparedDataset, lesion_loads
 from lesionbench.plugins import Plugins
 from lesionbench.preprocessing import PreparedCase, slice_labels
 from lesionbench.seeding import restore_rng, rng_state, seed_everything
-from lesionbench.splits import make_split, read_split, split_hash, write_split
+from lesionbench.splits import make_folds, make_split, read_split, split_hash, write_split
 from lesionbench.volume import DataError
 
 #: Objectives of log.evaluate that need validation voxel masks (tag uses_val_voxel_labels).
@@ -123,13 +123,32 @@ def make_adapter(cls, root: str | None, data: DataConfig):
     return cls(root=root, **options)
 
 
-def dataset_split(adapter, data: DataConfig, split_seed: int, split_file: str | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class Fold:
+    """A cross-validation cell's place: fold ``index`` of ``k``; ``cv_hash`` identifies the whole assignment."""
+
+    index: int
+    k: int
+    cv_hash: str
+
+
+def dataset_splits(adapter, data: DataConfig, split_seed: int, split_file: str | None, folds: int, cache_dir: Path
+                   ) -> tuple[list[tuple[dict[str, str], Fold | None]], dict[str, int | None] | None]:
+    """The dataset's split (a user's file, or a stratified one from the split seed), or its ``folds`` stratified
+    cross-validation splits; and the case summaries (lesion voxel counts) they were stratified on."""
     cases = adapter.cases()
     if not cases:
         raise DataError(f"dataset {adapter.name}: no cases found" + (f" under {adapter.root}" if adapter.root else ""))
+    if split_file and folds:
+        raise ConfigError(f"dataset {adapter.name}: --split FILE and --folds exclude each other (a split file is one split)")
     if split_file:
-        return read_split(split_file, cases)
-    return make_split(cases, split_seed, data.val_fraction, data.test_fraction)
+        return [(read_split(split_file, cases), None)], None
+    loads = lesion_loads(adapter, cases, cache_dir)  # masks only: no test image is read before fit
+    if not folds:
+        return [(make_split(loads, split_seed, data.val_fraction, data.test_fraction), None)], loads
+    splits = make_folds(loads, folds, split_seed, data.val_fraction)
+    cv = split_hash({"folds": splits})
+    return [(split, Fold(i, folds, cv)) for i, split in enumerate(splits)], loads
 
 
 # -- prediction and evaluation --------------------------------------------------------------------
@@ -303,6 +322,7 @@ class RunRequest:
     eval_native: bool = False  # evaluate in the source voxel grid through the inverse transform
     save_maps: Path | None = None  # write test maps as NIfTI in the source space under this folder
     skip_bad: bool = False  # leave bad cases out (reported) instead of refusing the dataset
+    folds: int = 0  # k-fold cross-validation over subjects (each fold its own cell); 0: one split
     storage: str | None = None  # an Optuna storage URL: workers share the grid's cells through it (cellqueue)
     study: str | None = None  # the shared queue's name (default: from the grid's cells)
     heartbeat: int = 60  # seconds between a running cell's heartbeats; a cell silent for twice that is retried
@@ -361,19 +381,33 @@ def plan(request: RunRequest, plugins: Plugins):
     return profile, data, variants, dataset_classes
 
 
-def prepare_dataset(spec: str, dcls, data: DataConfig, request: "RunRequest", workdir: Path, explicit: set[str],
-                    console) -> tuple[PreparedDataset, dict[str, str], Path]:
-    """A dataset of the grid: split, preprocessed (cached under the workdir), its split written to a file."""
+def prepare_datasets(spec: str, dcls, data: DataConfig, request: "RunRequest", workdir: Path, explicit: set[str],
+                     console) -> list[tuple[PreparedDataset, dict[str, str], Path]]:
+    """A dataset of the grid, once per split (one, or one per cross-validation fold): split, preprocessed (cached
+    under the workdir; a fold's crop box is fitted on its own training cases), the split written to a file with
+    its strata beside it. A fold's dataset carries its :class:`Fold` (``dataset.fold``)."""
     data = data_for_dataset(dcls, data, explicit)
     adapter = make_adapter(dcls, request.roots.get(dcls.name) or request.roots.get(spec), data)
     split_file = request.split_files.get(dcls.name) or request.split_files.get(spec) or request.split_files.get("*")
-    split = dataset_split(adapter, data, request.split_seed, split_file)
-    dataset = PreparedDataset(adapter, data, split, workdir / "cache", skip_bad=request.skip_bad)
-    if dataset.skipped:
-        console.print(f"[yellow]dataset {dcls.name}: skipped {len(dataset.skipped)} bad case(s) (--skip-bad):[/yellow]")
-        for case, why in dataset.skipped.items():
-            console.print(f"[yellow]  {case}: {why}[/yellow]")
-    return dataset, dataset.split, write_split(dataset.split, workdir / "splits", dcls.name)
+    splits, loads = dataset_splits(adapter, data, request.split_seed, split_file, request.folds, workdir / "cache")
+    prepared = []
+    for split, fold in splits:
+        dataset = PreparedDataset(adapter, data, split, workdir / "cache", skip_bad=request.skip_bad)
+        dataset.fold = fold
+        if dataset.skipped:
+            console.print(f"[yellow]dataset {dcls.name}: skipped {len(dataset.skipped)} bad case(s) (--skip-bad):[/yellow]")
+            for case, why in dataset.skipped.items():
+                console.print(f"[yellow]  {case}: {why}[/yellow]")
+        prepared.append((dataset, dataset.split, write_split(dataset.split, workdir / "splits", dcls.name, loads)))
+    return prepared
+
+
+def prepare_dataset(spec: str, dcls, data: DataConfig, request: "RunRequest", workdir: Path, explicit: set[str],
+                    console) -> tuple[PreparedDataset, dict[str, str], Path]:
+    """A dataset with one split (``tune``: studies select on one validation part)."""
+    if request.folds:
+        raise ConfigError("cross-validation (--folds) is for `run`; a study tunes on one split's validation part")
+    return prepare_datasets(spec, dcls, data, request, workdir, explicit, console)[0]
 
 
 def cell_hash(variant: Variant, dataset: PreparedDataset, split: dict, seed: int, eval_space: str) -> str:
@@ -401,42 +435,45 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
     eval_space = "native" if request.eval_native else "resampled"
     explicit = explicit_data_keys(request)
 
-    total = len(dataset_classes) * len(variants) * len(request.seeds)
+    total = len(dataset_classes) * len(variants) * len(request.seeds) * max(request.folds, 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[status]}"), console=console, transient=False) as progress:
         grid = progress.add_task("cells", total=total, status="")
         for spec, dcls in zip(request.datasets, dataset_classes):
             try:
                 progress.update(grid, status=f"preparing {dcls.name}")
-                dataset, split, split_path = prepare_dataset(spec, dcls, data, request, workdir, explicit, console)
+                prepared = prepare_datasets(spec, dcls, data, request, workdir, explicit, console)
             except (DataError, ConfigError) as exc:
                 console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
                 for v in variants:
                     for seed in request.seeds:
-                        results.append(CellResult(v.label, dcls.name, seed, "failed", error=str(exc)))
-                        progress.advance(grid)
+                        for _ in range(max(request.folds, 1)):
+                            results.append(CellResult(v.label, dcls.name, seed, "failed", error=str(exc)))
+                            progress.advance(grid)
                 continue
-            for variant in variants:
-                for seed in request.seeds:
-                    cell = cell_hash(variant, dataset, split, seed, eval_space)
-                    done = None if request.force else tracker.finished_run(cell)
-                    if done is not None:
-                        result = CellResult(variant.label, dcls.name, seed, "skipped", done.info.run_id)
-                    else:
-                        progress.update(grid, description=f"{variant.label} / {dcls.name} / seed {seed}", status="")
-                        result = run_cell(
-                            variant, dataset, split, split_path, seed, cell, tracker, device, profile, request,
-                            commit, eval_space,
-                            on_step=lambda s: progress.update(grid, status=s),
-                        )
-                        if result.status == "failed":
-                            console.print(f"[red]cell {variant.label} / {dcls.name} / seed {seed} failed: {result.error}[/red]")
-                        for message in result.warnings:
-                            console.print(f"[yellow]{variant.label} / {dcls.name} / seed {seed}: {message}[/yellow]")
-                    results.append(result)
-                    if on_cell:
-                        on_cell(result)
-                    progress.advance(grid)
+            for dataset, split, split_path in prepared:
+                where = dcls.name + (f" fold {dataset.fold.index}" if dataset.fold else "")
+                for variant in variants:
+                    for seed in request.seeds:
+                        cell = cell_hash(variant, dataset, split, seed, eval_space)
+                        done = None if request.force else tracker.finished_run(cell)
+                        if done is not None:
+                            result = CellResult(variant.label, dcls.name, seed, "skipped", done.info.run_id)
+                        else:
+                            progress.update(grid, description=f"{variant.label} / {where} / seed {seed}", status="")
+                            result = run_cell(
+                                variant, dataset, split, split_path, seed, cell, tracker, device, profile, request,
+                                commit, eval_space,
+                                on_step=lambda s: progress.update(grid, status=s),
+                            )
+                            if result.status == "failed":
+                                console.print(f"[red]cell {variant.label} / {where} / seed {seed} failed: {result.error}[/red]")
+                            for message in result.warnings:
+                                console.print(f"[yellow]{variant.label} / {where} / seed {seed}: {message}[/yellow]")
+                        results.append(result)
+                        if on_cell:
+                            on_cell(result)
+                        progress.advance(grid)
         progress.update(grid, description="cells", status="done")
     return results
 
@@ -452,17 +489,27 @@ def cell_tags(variant: Variant, dataset: PreparedDataset, seed: int, profile: st
         "git_commit": commit, "device": str(device),
         # CPU results are reproducible for one thread count: reductions (and the guided sampler with them) change with it
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+        **(_fold_tags(dataset.fold) if getattr(dataset, "fold", None) else {}),
     }
+
+
+def _fold_tags(fold: Fold) -> dict[str, str]:
+    return {"fold": str(fold.index), "folds": str(fold.k)}
 
 
 def cell_params(cls: type[Method], config, dataset: PreparedDataset, split: dict, objective: str) -> dict[str, str]:
     """The params of design §6: the flattened config, preprocessing and split hash."""
     values = config_dict(config)
+    fold = getattr(dataset, "fold", None)
+    settings = {k: v for k, v in dataset.preprocessing.items() if k != "geometry"}
     return {
         **flatten(cls.name, values),
-        **flatten("data", {k: v for k, v in dataset.preprocessing.items() if k != "geometry"}),
+        **flatten("data", settings),
         "data.geometry": str(dataset.preprocessing["geometry"]),
-        "data.preprocessing_hash": stable_hash(dataset.preprocessing),
+        # a fold's crop box is fitted on that fold's training cases: the folds of one cross-validation share
+        # their preprocessing settings, which is what the leaderboard compares (their geometry is data.geometry)
+        "data.preprocessing_hash": stable_hash(settings if fold else dataset.preprocessing),
+        **({"cv_hash": fold.cv_hash} if fold else {}),
         "split_hash": split_hash(split),
         "config_hash": stable_hash([cls.name, values]),
         "supervision": cls.supervision.value,
@@ -519,7 +566,9 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
             run.tag("maps_dir", str(written))
         metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
         metrics.update({f"val/{k}": v for k, v in evaluation.val.items()})
-        metrics.update({"time/fit_s": fit_s, "time/predict_s_per_slice": predict_s / max(n_test_slices, 1)})
+        # test inference is timed apart from fit: the quick budget covers fit and validation
+        metrics.update({"time/fit_s": fit_s, "time/predict_s_per_slice": predict_s / max(n_test_slices, 1),
+                        "time/test_predict_s": predict_s})
         metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
         # Wolleb et al.'s per-slice protocol, under its own prefix: never pooled with the metrics above
         with warnings.catch_warnings():

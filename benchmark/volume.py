@@ -92,6 +92,12 @@ class DatasetAdapter(abc.ABC):
     def load(self, case: str) -> Volume:
         """One subject's volume."""
 
+    def lesion_voxels(self, case: str) -> int | None:
+        """The case's number of lesion voxels, read from its mask alone (never its images), for stratified
+        splits; None when the adapter cannot tell without loading the case (its splits are then not stratified
+        by lesion load)."""
+        return None
+
     def fingerprint(self, case: str) -> str:
         """What identifies the case's content for the cache (files and mtimes, or generator settings)."""
         return f"{self.name}:{case}:{sorted(self.options.items())}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lesionbench.config import ConfigError
-from lesionbench.nifti import CaseFiles, check_case_headers, load_case
+from lesionbench.nifti import CaseFiles, check_case_headers, lesion_voxel_count, load_case
 from lesionbench.volume import MODALITIES, DataError, DatasetAdapter, Volume
 
 #: Slice size for real data when the user does not set data.size. Adult brains at 1 mm fit a box of about
@@ -119,6 +119,10 @@ class LayoutAdapter(DatasetAdapter):
 
     def load(self, case: str) -> Volume:
         return load_case(case, self.case_files(case), self.layout.lesion_values, self.layout.known_labels, self.affine_tolerance)
+
+    def lesion_voxels(self, case: str) -> int | None:
+        path = self._find(case, "lesion label", self.layout.lesion)
+        return lesion_voxel_count(case, path, self.layout.lesion_values, self.layout.known_labels)
 
     def check(self, case: str) -> None:
         """Header-level checks (files present, not truncated, one grid) without reading the voxels."""

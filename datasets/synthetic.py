@@ -554,6 +554,9 @@ class _SynthBase(DatasetAdapter):
     """
 
     code: ClassVar[int]  # the dataset's part of the random seed
+    #: Half the subjects test, so that paired tests over test volumes have power (quick: 64 subjects give 24
+    #: lesioned and 8 healthy test volumes, 8 validation and 24 training subjects; demo: 12, 4, 4 and 12).
+    data_defaults: ClassVar[dict] = {"healthy_fraction": 0.25, "test_fraction": 0.5, "val_fraction": 0.125}
 
     def __init__(
         self,
@@ -595,6 +598,15 @@ class _SynthBase(DatasetAdapter):
 
     def load(self, case: str) -> Volume:
         return self._generate(self._index(case))[0]
+
+    def lesion_voxels(self, case: str) -> int:
+        """Generates the subject's anatomy and lesions, not its acquisition (the images)."""
+        i = self._index(case)
+        if self._healthy[i]:
+            return 0
+        r_anat, r_les, _, r_noise = np.random.default_rng([self.seed, self.code, i]).spawn(4)
+        ph = _Phantom(r_anat, r_noise, (self.depth, self.size, self.size), self.spacing)
+        return int(np.count_nonzero(self._lesions(ph, r_les)))
 
     def _generate(self, i: int) -> tuple[Volume, _Phantom]:
         """Subject ``i`` and its phantom (tissue fractions and confounder maps, for tests and inspection)."""

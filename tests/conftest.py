@@ -19,7 +19,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 class ToyAdapter(DatasetAdapter):
     """Tiny two-modality volumes: a disc brain; odd subjects carry a square lesion bright on flair.
-    Records which cases were loaded, in order, in ``events`` (shared with the test)."""
+    Records which cases were loaded (and summarised for the split), in order, in ``events`` (shared with the test)."""
 
     name = "toy"
     description = "test volumes"
@@ -31,6 +31,11 @@ class ToyAdapter(DatasetAdapter):
 
     def cases(self):
         return [f"toy-{i:02d}" for i in range(self.subjects)]
+
+    def lesion_voxels(self, case):
+        """The case summary of stratified splits: recorded apart from loads (it reads no image)."""
+        ToyAdapter.events.append(("summary", case))
+        return 2 * 5 * 5 if int(case.split("-")[1]) % 2 else 0
 
     def load(self, case):
         ToyAdapter.events.append(("load", case))

@@ -121,10 +121,15 @@ def test_methods_never_see_masks_or_the_test_split(tmp_path, toy_plugins):
     assert result.status == "finished", result.error
     seen = SpyMethod.seen
     assert type(seen["train"]) is SliceSet and type(seen["val"]) is SliceSet
-    split = json.loads(next((tmp_path / "splits").glob("toy-*.json")).read_text())
+    [split_file] = [p for p in (tmp_path / "splits").glob("toy-*.json") if not p.name.endswith(".strata.json")]
+    split = json.loads(split_file.read_text())
     test_cases = {c for c, p in split.items() if p == "test"}
-    loaded_before_fit = {case for _, case in seen["loaded_at_fit"]}
+    loaded_before_fit = {case for kind, case in seen["loaded_at_fit"] if kind == "load"}
     assert loaded_before_fit and not test_cases & loaded_before_fit
+    # the stratified split read every case's lesion count, and nothing else, before fit
+    assert {case for kind, case in seen["loaded_at_fit"] if kind == "summary"} == set(split)
+    strata = json.loads(split_file.with_suffix(".strata.json").read_text())
+    assert strata["counts"]["test"] == {"healthy": 2, "large": 2}  # 4 test cases of 7 healthy and 7 lesioned (smoke: 14)
     events = ToyAdapter.events
     fit_at = events.index(("fit", None))
     assert test_cases == {case for _, case in events[fit_at + 1 :]}  # opened only after fit, for evaluation
