@@ -28,6 +28,7 @@ from lesionbench.leaderboard.tables import (
     footnotes,
     rank_text,
     row_name,
+    run_key,
     seed_key,
 )
 
@@ -114,7 +115,7 @@ def grid_html(lb: Leaderboard, dataset: str, scratch: Path) -> str:
         rows = runs[runs["tags.label"] == label]
         if rows.empty:
             continue
-        run = min((r for _, r in rows.iterrows()), key=lambda r: seed_key(r["tags.seed"]))
+        run = min((r for _, r in rows.iterrows()), key=run_key)  # lowest seed (a cross-validation's: fold 0)
         path = artifact_path(run, GRID_ARTIFACT, scratch, lb.runs.attrs.get("tracking_uri"))
         if path is None:
             continue

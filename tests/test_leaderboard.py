@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import average_precision_score
 
 from lesionbench import metrics as M
 from lesionbench.cli import main
@@ -71,20 +72,30 @@ def toy_scores(cases: list[PreparedCase], quality: float, key: str) -> list[M.Sc
 
 
 def log_run(tracker, label, dataset, seed, quality, n_test=8, n_healthy=0, status="FINISHED", split="s1",
-            config=None, val_voxels=False, extra_tags=None):
-    """One finished cell as the runner records it: tags, params, metrics of metrics.evaluate, scores and grid."""
+            config=None, val_voxels=False, extra_tags=None, fold=None, folds=None, cv="cv1"):
+    """One finished cell as the runner records it: tags, params, metrics of metrics.evaluate, scores and grid.
+    ``fold`` / ``folds``: fold ``fold`` of a ``folds``-fold cross-validation (``cv`` its cv_hash) over
+    ``toy_cases(n_test, n_healthy)``: it tests the cases i with i % folds == fold, with its own validation set
+    (so its own thresholds) and fit time."""
     cases = toy_cases(n_test, n_healthy)
-    scored = toy_scores(cases, quality, f"{label}/{dataset}/{seed}/{quality}")
-    val = toy_scores(toy_cases(3, 0), quality, f"val/{label}/{seed}")
+    if fold is not None:
+        cases = cases[fold::folds]
+        split = f"{split}-fold{fold}"
+    in_fold = "" if fold is None else f"/{fold}"
+    scored = toy_scores(cases, quality, f"{label}/{dataset}/{seed}/{quality}{in_fold}")
+    val = toy_scores(toy_cases(3, 0), quality, f"val/{label}/{seed}{in_fold}")
     evaluation = M.evaluate(scored, val)
+    fold_tags = {} if fold is None else {"fold": str(fold), "folds": str(folds)}
     tags = {"method": label.split("[")[0], "label": label, "dataset": dataset, "seed": seed, "split_seed": 0,
             "profile": "smoke", "run_kind": "run", "cell": f"{label}-{dataset}-{seed}-{split}-{config}",
-            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower(), **(extra_tags or {})}
+            "eval_space": "resampled", "uses_val_voxel_labels": str(val_voxels).lower(), **fold_tags, **(extra_tags or {})}
     params = {"config_hash": config or f"cfg-{label}", "split_hash": split, "data.preprocessing_hash": "p1"}
+    if fold is not None:
+        params["cv_hash"] = cv
     run = tracker.start(f"{label}/{dataset}/seed{seed}", tags, params)
     metrics = {f"test/{k}": v for k, v in evaluation.test.items()}
     metrics.update({f"threshold/{k}": v for k, v in evaluation.thresholds.items()})
-    metrics.update({"time/fit_s": 1.0 + seed, "time/predict_s_per_slice": 0.001})
+    metrics.update({"time/fit_s": 1.0 + seed + (fold or 0), "time/predict_s_per_slice": 0.001})
     metrics.update({f"wolleb_protocol/{k}": v for k, v in M.wolleb_protocol(scored).items()})  # as the runner logs it
     run.metrics(metrics)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +128,8 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def board(store):
     uri, _, _ = store
-    return build_leaderboard(load_runs(uri), metrics=("auprc", "auroc", "dice_best", "dice_val", "slice_auroc", "fit_s"),
-                             n_resamples=200)
+    return build_leaderboard(load_runs(uri), metrics=("auprc", "auroc", "dice_best", "dice_val", "slice_auroc",
+                                                      "auprc_vol_mean", "fit_s"), n_resamples=200)
 
 
 def test_stored_scores_re_score_to_the_core_metrics(store):
@@ -127,7 +138,8 @@ def test_stored_scores_re_score_to_the_core_metrics(store):
     _, scored, evaluation = logged["middle", "toy-4", 0]
     rs = RunScores.of("r", scored, evaluation.thresholds)
     pooled = {k: v[0] for k, v in rs.metrics(np.ones((1, len(scored)))).items()}
-    for key in ("auprc", "auroc", "dice_best", "dice_val", "dice_fpr5", "slice_auroc", "slice_ap", "dice_val_vol_mean"):
+    for key in ("auprc", "auroc", "dice_best", "dice_val", "dice_fpr5", "slice_auroc", "slice_ap", "dice_val_vol_mean",
+                "auprc_vol_mean"):
         assert pooled[key] == pytest.approx(evaluation.test[key], abs=1e-12), key
     per_volume = rs.per_volume()
     expected = evaluation.per_volume
@@ -176,10 +188,12 @@ def test_holm_on_known_p_values():
 
 
 def test_wilcoxon_against_the_best_row(store, board):
-    """toy-8: 8 paired volumes, good beats bad on every one: exact two-sided p = 2/2^8, Holm over 2 rows."""
+    """A per-volume column (AP per volume). toy-8: 8 paired volumes, good beats bad on every one: exact two-sided
+    p = 2/2^8, Holm over 2 rows."""
     from scipy.stats import wilcoxon
 
-    col = ("toy-8", "auprc")
+    col = ("toy-8", "auprc_vol_mean")
+    assert board.tests[col] == "wilcoxon"
     assert board.best[col] == "good_map"
     per_volume = board.per_volume
     vals = {label: per_volume[(per_volume.label == label) & (per_volume.dataset == "toy-8") & (per_volume.metric == "auprc")]
@@ -195,6 +209,40 @@ def test_wilcoxon_against_the_best_row(store, board):
     assert "†" in cells[1 + board.columns.index(col)]
 
 
+def test_paired_bootstrap_against_the_best_row(store, board):
+    """A pooled column (auprc): on the shared resamples, the seed-mean pooled AP of row and best recomputed by hand
+    from the maps; p = 2 min(P(diff <= 0), P(diff >= 0)) with add-one, Holm over the 2 rows."""
+    _, _, logged = store
+    col = ("toy-8", "auprc")
+    assert board.tests[col] == "bootstrap" and board.best[col] == "good_map"
+    weights = S.resample_weights(8, 200, 0, "toy-8")
+
+    def resampled(label):
+        values = []
+        for w in weights:
+            per_seed = []
+            for seed in (0, 1):
+                scored = logged[label, "toy-8", seed][1]
+                scores = np.concatenate([np.tile(sv.map[sv.brain], n) for sv, n in zip(scored, w)])
+                labels = np.concatenate([np.tile(sv.lesion[sv.brain], n) for sv, n in zip(scored, w)])
+                per_seed.append(average_precision_score(labels, scores))
+            values.append(np.mean(per_seed))
+        return np.array(values)
+
+    best = resampled("good_map")
+    raw = []
+    for label in ("bad", "middle"):
+        diff = resampled(label) - best
+        raw.append(min(1.0, 2 * (1 + min((diff <= 0).sum(), (diff >= 0).sum())) / (1 + diff.size)))
+    assert raw[0] == pytest.approx(2 / 201)  # bad is below the best on every resample
+    np.testing.assert_allclose([board.p_holm.at[label, col] for label in ("bad", "middle")], S.holm(raw), rtol=1e-12)
+    assert S.paired_bootstrap_p([1.0, 2.0, math.nan, -1.0], [0.0, 0.0, 0.0, 0.0]) == pytest.approx(2 * 2 / 4)
+    assert math.isnan(S.paired_bootstrap_p([math.nan], [1.0]))
+    md = render_markdown(board)
+    assert "pooled columns (auprc, auroc, ⌈Dice⌉, dice_val, slice_auroc) by a paired bootstrap" in md
+    assert "per-volume columns (AP per volume) by a two-sided paired Wilcoxon signed-rank test" in md
+
+
 def test_fewer_than_six_pairs_are_not_tested_and_say_so(board):
     """toy-4 has 3 lesioned volumes: no signed-rank test can reach p < 0.05, so none is marked; a note says so."""
     cols = [c for c in board.columns if c[0] == "toy-4" and c[1] != "fit_s"]
@@ -205,9 +253,13 @@ def test_fewer_than_six_pairs_are_not_tested_and_say_so(board):
             cells = line.split(" | ")
             assert not any("†" in cells[1 + board.columns.index(c)] for c in cols)
     notes = [line for line in md.splitlines() if line.startswith("toy-4 (")]
-    assert notes and all("pair up with the best row (fewer than 6)" in n and "cannot reach p < 0.05" in n for n in notes)
+    assert all("no test was run" in n for n in notes)
+    wilcoxon = [n for n in notes if "signed-rank" in n]
+    bootstrap = [n for n in notes if "bootstrap" in n]
+    assert len(wilcoxon) == 1 and "AP per volume" in wilcoxon[0].split(")")[0]
+    assert len(bootstrap) == 1 and "only 4 test volume(s) (fewer than 6)" in bootstrap[0]
     for name in ("auprc", "auroc", "⌈Dice⌉", "dice_val", "slice_auroc"):
-        assert any(name in n.split(")")[0] for n in notes), name
+        assert name in bootstrap[0].split(")")[0], name
 
 
 def test_markdown_table(store, board):
@@ -227,9 +279,9 @@ def test_markdown_table(store, board):
 
 def test_latex_uses_booktabs_and_bolds_the_best(board):
     tex = render_latex(board)
-    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-7}", r"\resizebox{\linewidth}{!}{%"):
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-8}", r"\resizebox{\linewidth}{!}{%"):
         assert rule in tex
-    assert r"\multicolumn{6}{c}{toy-4 ($n=4$" in tex
+    assert r"\multicolumn{7}{c}{toy-4 ($n=4$" in tex
     good = next(line for line in tex.splitlines() if line.startswith(r"good\_map$^\ddagger$"))  # escaped label
     assert sum(best == "good_map" for best in board.best.values()) >= 8
     assert good.count(r"\textbf{") == sum(best == "good_map" for best in board.best.values()) + 1  # and the rank
@@ -244,7 +296,7 @@ def test_csv_is_long(store, board):
     df = pd.read_csv(StringIO(csv), dtype={"seed": str})
     assert list(df.columns) == ["label", "method", "dataset", "seed", "volume", "metric", "value"]
     runs = 3 * 2 * 2
-    pooled = runs * 6  # six metrics per run, all defined
+    pooled = runs * 7  # seven metrics per run, all defined
     # per volume: 5 re-scorable metrics on each lesioned volume (8 + 3); slice_auroc needs both slice classes
     lesioned = 3 * 2 * (8 + 3)
     slice_defined = df[(df.volume != "pooled") & (df.metric == "slice_auroc")]
