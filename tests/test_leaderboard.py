@@ -2,6 +2,7 @@
 refusals, and the HTML page in a real browser (headless Chromium)."""
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -25,12 +26,15 @@ from lesionbench.leaderboard.tables import (
     DEFINITIONS,
     LeaderboardError,
     build_leaderboard,
+    cell,
+    data_line,
     load_runs,
     render,
     render_csv,
     render_latex,
     render_markdown,
     rich_table,
+    row_name,
 )
 from lesionbench.preprocessing import PreparedCase
 from lesionbench.tracking import SCORES_ARTIFACT, Tracker, score_arrays
@@ -489,3 +493,205 @@ def test_the_wolleb_protocol_columns_render_with_their_definition(store, metrics
 
 def test_every_column_has_a_definition():
     assert set(COLUMNS) <= set(DEFINITIONS)
+
+
+# -- power, seed spread, cross-validation, the terminal table --------------------------------------------
+
+
+def test_signed_rank_null_distribution_gives_scipys_exact_p():
+    """The dynamic programme's null distribution of W+ reproduces scipy's exact two-sided p; its critical values
+    are the last that reject; ceil(log2(40 m)) pairs are the fewest with which any test at 0.05/m can reject."""
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    for n in (6, 9, 14):
+        null = S.signed_rank_null(n)
+        assert null.size == n * (n + 1) // 2 + 1 and null.sum() == pytest.approx(1.0)
+        for _ in range(5):
+            x = np.arange(1, n + 1) * rng.choice([-1.0, 1.0], n)
+            w_plus = x[x > 0].sum()
+            w = min(w_plus, n * (n + 1) / 2 - w_plus)
+            assert min(1.0, 2 * null[: int(w) + 1].sum()) == pytest.approx(wilcoxon(x, method="exact").pvalue)
+        for alpha in (0.05, 0.05 / 7):
+            c = S.signed_rank_critical(n, alpha)
+            cdf = np.cumsum(null)
+            assert (c < 0 or 2 * cdf[c] < alpha) and 2 * cdf[c + 1] >= alpha
+    for m in (1, 2, 7, 20):
+        k = S.min_pairs(m)
+        assert k == math.ceil(math.log2(40 * m))
+        assert S.signed_rank_critical(k - 1, 0.05 / m) == -1 and S.signed_rank_critical(k, 0.05 / m) == 0
+
+
+def test_minimum_detectable_difference_by_simulation():
+    """Deterministic, proportional to s, NaN below ceil(log2(40 m)) pairs; at n = 30 within 10 % of the normal
+    approximation (z_{1-a/2} + z_0.8) s / sqrt(0.955 n); and scipy's exact test, on fresh samples of N(d, 1) with d
+    the result, rejects in about 80 % of them."""
+    from scipy.stats import norm, wilcoxon
+
+    for m in (1, 7):
+        simulated = S.minimum_detectable_difference(30, 1.0, m)
+        assert simulated == S.minimum_detectable_difference(30, 1.0, m)
+        assert S.minimum_detectable_difference(30, 2.5, m) == pytest.approx(2.5 * simulated)
+        normal = (norm.ppf(1 - 0.05 / m / 2) + norm.ppf(0.8)) / math.sqrt(0.955 * 30)
+        assert S.normal_detectable_difference(30, 1.0, m) == pytest.approx(normal, rel=1e-3)
+        assert simulated == pytest.approx(normal, rel=0.10)
+    assert math.isnan(S.minimum_detectable_difference(8, 1.0, 7))  # 9 pairs needed at 0.05/7
+    assert S.minimum_detectable_difference(9, 1.0, 7) > 0
+    d = S.minimum_detectable_difference(12, 1.0, 1)
+    rng = np.random.default_rng(1)
+    rejected = np.mean([wilcoxon(rng.normal(d, 1.0, 12), method="exact").pvalue < 0.05 for _ in range(600)])
+    assert rejected == pytest.approx(0.8, abs=0.05)
+
+
+def test_power_line_under_each_dataset(store, board):
+    """toy-8: 8 lesioned volumes, 2 rows tested: the median over rows of the simulated minimum detectable difference
+    of each row's per-volume AP differences to the best; toy-4 (3 lesioned): no test possible."""
+    per_volume = board.per_volume
+    vals = {label: per_volume[(per_volume.label == label) & (per_volume.dataset == "toy-8") & (per_volume.metric == "auprc")]
+            .groupby("volume")["value"].mean().to_numpy() for label in ("good_map", "bad", "middle")}
+    mdd = [S.minimum_detectable_difference(8, np.std(vals[label] - vals["good_map"], ddof=1), 2) for label in ("bad", "middle")]
+    md = render_markdown(board)
+    line = next(line for line in md.splitlines() if line.startswith("- toy-8: "))
+    assert line.endswith(f"Power: 8 lesioned test volumes; minimum detectable difference (80 % power, 2 rows against "
+                         f"the best): AP per volume {np.median(mdd):.3f}")
+    line = next(line for line in md.splitlines() if line.startswith("- toy-4: "))
+    assert "Power: 3 lesioned test volumes" in line
+    assert "AP per volume: no test possible (an exact signed-rank test at 0.05/2 needs 7 pairs)" in line
+    assert "Power: the smallest mean paired difference d" in md
+    assert not board.seed_spread and "≈" not in md  # 2 seeds: no seed-spread mark
+
+
+def test_within_seed_spread_mark(tmp_path):
+    """With 3 seeds, a row whose gap to the best is below sqrt(sd_row^2 + sd_best^2) is marked ≈, others not."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    for label, qualities in (("best", (0.9, 0.5, 0.7)), ("close", (0.6, 0.75, 0.55)), ("far", (0.1, 0.12, 0.14)),
+                             ("two-seeds", (0.3, 0.35))):
+        for seed, quality in enumerate(qualities):
+            log_run(tracker, label, "toy-8", seed, quality)
+    lb = build_leaderboard(load_runs(uri), metrics=("auprc", "dice_best"), n_resamples=0)
+    expected = set()
+    for col, best in lb.best.items():
+        assert best == "best" and lb.counts.at[best, col] == 3
+        for label in ("close", "far"):
+            if abs(lb.means.at[label, col] - lb.means.at[best, col]) < math.hypot(lb.stds.at[label, col], lb.stds.at[best, col]):
+                expected.add((label, col))
+    assert lb.seed_spread == expected
+    assert ("close", ("toy-8", "auprc")) in expected and not any(label == "far" for label, _ in expected)
+    md = render_markdown(lb)
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    assert "≈" in rows["close"][1] and "≈" not in rows["far"][1] and "≈" not in rows["two-seeds"][1]
+    assert "≈: within seed spread: with ≥ 3 seeds" in md
+    assert r"$^\approx$" in render_latex(lb)
+
+
+def log_cross_validation(tracker, label, dataset, seed, quality, folds=5, n_cases=10, n_healthy=2, skip=(), cv="cv1"):
+    return [log_run(tracker, label, dataset, seed, quality, n_cases, n_healthy, fold=k, folds=folds, cv=cv)
+            for k in range(folds) if k not in skip]
+
+
+def test_cross_validation_folds_pool_into_one_row(tmp_path):
+    """5 folds over 10 cases: one row of n = 10 paired volumes, pooled metrics recomputed from all folds' maps (each
+    volume at its own fold's threshold), per-volume values concatenated, fit time the mean over folds; a seed missing
+    a fold is left out with a note."""
+    from scipy.stats import wilcoxon
+    from sklearn.metrics import f1_score
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    logged = {label: log_cross_validation(tracker, label, "toy-cv", 0, q) for label, q in (("good_map", 1.0), ("bad", 0.25))}
+    log_cross_validation(tracker, "good_map", "toy-cv", 1, 1.0, skip=(3,))
+    metrics = ("auprc", "dice_val", "dice_fpr5", "auprc_vol_mean", "wolleb_dice", "fit_s")
+    lb = build_leaderboard(load_runs(uri), metrics=metrics, n_resamples=50)
+    for label, folds in logged.items():
+        volumes = [v for _, scored, _ in folds for v in scored]
+        thresholds = [ev.thresholds for _, scored, ev in folds for _ in scored]
+        assert len({round(t["dice_val"], 6) for t in thresholds}) > 1  # the folds' thresholds differ
+        scores = np.concatenate([v.map[v.brain] for v in volumes])
+        truth = np.concatenate([v.lesion[v.brain] for v in volumes])
+        assert lb.means.at[label, ("toy-cv", "auprc")] == pytest.approx(average_precision_score(truth, scores), abs=1e-12)
+        for key in ("dice_val", "dice_fpr5"):
+            predicted = np.concatenate([v.map[v.brain] >= t[key] for v, t in zip(volumes, thresholds)])
+            assert lb.means.at[label, ("toy-cv", key)] == pytest.approx(f1_score(truth, predicted), abs=1e-12)
+        ap = [average_precision_score(v.lesion[v.brain], v.map[v.brain]) for v in volumes if v.lesion.any()]
+        assert len(ap) == 8 and lb.means.at[label, ("toy-cv", "auprc_vol_mean")] == pytest.approx(np.mean(ap), abs=1e-12)
+        assert lb.means.at[label, ("toy-cv", "wolleb_dice")] == pytest.approx(M.wolleb_protocol(volumes)["dice_otsu"])
+        assert lb.means.at[label, ("toy-cv", "fit_s")] == pytest.approx(1.0 + 2.0)  # folds 0..4 logged 1 + fold
+        assert lb.counts.at[label, ("toy-cv", "auprc")] == 1  # seed 1 of good_map lacks fold 3: left out
+    per_volume = lb.per_volume[(lb.per_volume.metric == "auprc")]
+    pairs = {label: per_volume[per_volume.label == label].set_index("volume")["value"] for label in logged}
+    assert len(pairs["bad"]) == 8 and set(pairs["bad"].index) == set(pairs["good_map"].index)
+    p = wilcoxon(pairs["bad"] - pairs["good_map"].loc[pairs["bad"].index]).pvalue
+    assert lb.p_holm.at["bad", ("toy-cv", "auprc_vol_mean")] == pytest.approx(p)
+    assert lb.tests[("toy-cv", "auprc")] == "bootstrap" and not math.isnan(lb.p_holm.at["bad", ("toy-cv", "auprc")])
+    md = render_markdown(lb)
+    assert "- toy-cv: n = 10 test volumes (8 with lesions), the test volumes of 5-fold cross-validation pooled" in md
+    assert "good_map (seed 1) on toy-cv: fold(s) 3 of 5 have no finished run, so this seed is left out" in md
+    assert "Cross-validation (toy-cv): each row pools the test volumes of its K folds" in md
+    assert "fit s and ms/slice are the mean over the folds" in md
+    csv = pd.read_csv(__import__("io").StringIO(render_csv(lb)), dtype={"seed": str})
+    assert len(csv[(csv.volume == "pooled") & (csv.metric == "auprc")]) == 2  # one pooled value per (label, seed)
+
+
+def test_fold_runs_and_single_split_runs_are_not_mixed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "mixed", tmp_path / "artifacts")
+    log_cross_validation(tracker, "a", "toy-cv", 0, 0.5, folds=2, n_cases=4, n_healthy=0)
+    log_run(tracker, "b", "toy-cv", 0, 0.5, n_test=4)
+    with pytest.raises(LeaderboardError, match="toy-cv: 2 cross-validation fold runs and 1 single-split runs"):
+        build_leaderboard(load_runs(uri, "mixed"), metrics=("auprc",), n_resamples=0)
+    tracker = Tracker(uri, "two-cv", tmp_path / "artifacts-cv")
+    log_cross_validation(tracker, "a", "toy-cv", 0, 0.5, folds=2, n_cases=4, n_healthy=0, cv="cv1")
+    log_cross_validation(tracker, "b", "toy-cv", 0, 0.5, folds=2, n_cases=4, n_healthy=0, cv="cv2")
+    with pytest.raises(LeaderboardError, match="toy-cv: runs differ in cv_hash"):
+        build_leaderboard(load_runs(uri, "two-cv"), metrics=("auprc",), n_resamples=0)
+
+
+MAIN_JOB_LABELS = ("intensity", "vae", "ddpm", "wolleb", "saliency", "wargnier", "wolleb-wargnier",
+                   "wolleb-wargnier[variant=guidance]")
+
+
+@pytest.fixture(scope="module")
+def main_job_store(tmp_path_factory):
+    """The main job's shape: 8 rows (one a long variant label), 2 datasets, 1 seed."""
+    root = tmp_path_factory.mktemp("main-job")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", root / "artifacts")
+    for i, label in enumerate(MAIN_JOB_LABELS):
+        for dataset in ("synth-ms", "synth-tumor"):
+            log_run(tracker, label, dataset, 0, 0.2 + 0.1 * i, n_test=8, n_healthy=2)
+    return uri
+
+
+def test_the_default_terminal_table_fits_120_columns(main_job_store):
+    """rich_table's default (and `leaderboard --format table`, and the end of `run`) fits a 120-column terminal:
+    no line longer, nothing cut to "…", every label and value whole; --wide is the full table."""
+    from rich.console import Console
+
+    runs = load_runs(main_job_store)
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    console.print(rich_table(runs, n_resamples=50))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120 and "…" not in text
+    lb = build_leaderboard(runs, n_resamples=50)
+    for dataset in ("synth-ms", "synth-tumor"):
+        assert data_line(lb, dataset)[:40] in text
+    rows = [line for line in lines if line.startswith("│")]
+    for label in MAIN_JOB_LABELS:
+        assert sum(line.split("│")[1].strip() == row_name(lb, label) for line in rows) == 2, label  # whole, per dataset
+        for col in lb.columns:
+            assert cell(lb, label, col).mean in text
+    wide = Console(width=1000, record=True, file=open(os.devnull, "w"))
+    wide.print(rich_table(runs, n_resamples=50, wide=True))
+    wide_text = wide.export_text()
+    assert max(len(line) for line in wide_text.splitlines()) > 120 and "[0." in wide_text  # intervals shown
+
+
+def test_cli_table_fits_and_wide_is_full(main_job_store, capsys):
+    assert main(["leaderboard", "--tracking-uri", main_job_store, "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120 and "AP per" in out
+    assert main(["leaderboard", "--tracking-uri", main_job_store, "--bootstrap", "20", "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) > 120
