@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                     help="bootstrap resamples of the test volumes for the 95%% intervals (0: none)")
     lb.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    lb.add_argument("--wide", action="store_true",
+                    help="--format table: one full-width table with the intervals (the default fits 120 columns: a "
+                         "table per dataset, no intervals)")
 
     cd = sub.add_parser("check-data", help="load every case of a dataset and check it")
     cd.add_argument("--dataset", required=True, help="a dataset name or a layout TOML file")
@@ -151,8 +154,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+#: The terminal table is made for this width when the output is not a terminal (a log, a pipe).
+TABLE_WIDTH = 120
+
+
 def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None,
-                      eval_space: str | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0) -> None:
+                      eval_space: str | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0,
+                      wide: bool = False) -> None:
     from rich.console import Console
 
     from lesionbench.leaderboard.tables import DEFAULT_METRICS, LeaderboardError, load_runs, render, rich_table
@@ -168,7 +176,12 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
     if fmt == "html" and out is None:
         raise LeaderboardError("--format html writes a page: give --out FILE.html")
     if fmt == "table" and out is None:
-        Console(width=200).print(rich_table(runs, metrics, datasets, n_resamples, bootstrap_seed))
+        console = Console()
+        if wide:  # as wide as the table needs; the terminal wraps what it cannot show
+            console = Console(width=1000)
+        elif not console.is_terminal:
+            console = Console(width=TABLE_WIDTH)
+        console.print(rich_table(runs, metrics, datasets, n_resamples, bootstrap_seed, wide=wide))
         return
     text = render(runs, "md" if fmt == "table" else fmt, metrics, datasets, n_resamples, bootstrap_seed)
     if out is not None:
@@ -307,7 +320,7 @@ def cmd_leaderboard(args) -> int:
     if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
         raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
     print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
-                      args.bootstrap, args.bootstrap_seed)
+                      args.bootstrap, args.bootstrap_seed, args.wide)
     return 0
 
 
