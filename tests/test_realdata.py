@@ -1,4 +1,5 @@
-"""Real brain MRI from ../shared/data (open MS data, BRATS 2013 in DeepMedic's layout) through the suite."""
+"""Real brain MRI from ../shared/data (open MS data, BRATS 2013 in DeepMedic's layout, BraTS 2018 as distributed)
+through the suite."""
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,12 +11,14 @@ pytestmark = [pytest.mark.realdata, requires_shared_data()]
 
 OPEN_MS = SHARED_DATA / "open_ms_data"
 BRATS2013 = SHARED_DATA / "brats2013_deepmedic"
+BRATS2018 = SHARED_DATA / "brats2018"
 SPLITS = SHARED_DATA / "splits"
 
 
 @pytest.mark.parametrize("dataset, root, cases, lesion_voxels", [
     ("open-ms", OPEN_MS, 2, ["1300", "8227"]),
     ("brats2013-deepmedic", BRATS2013, 4, ["173928", "120674", "80682", "217380"]),
+    ("brats", BRATS2018, 10, ["139257", "217380", "39772", "32051", "154508", "125370", "81847", "107194", "157275", "231951"]),
 ])
 def test_every_case_loads_and_check_data_passes(dataset, root, cases, lesion_voxels, capsys):
     assert main(["check-data", "--dataset", dataset, "--root", str(root), "--set", "data.modalities=flair"]) == 0
@@ -55,3 +58,14 @@ def test_intensity_on_brats2013_in_the_native_space(tmp_path):
     assert runs[0].data.tags["eval_space"] == "native"
     assert m["test/auprc"] > 0.6 and 0 < m["test/dice_val"] <= m["test/dice_best"]
     assert m["test/n_volumes"] == 1  # pat0006 only
+
+
+def test_brats2018_as_distributed_with_its_split_file(tmp_path):
+    """The 2018 naming (<ID>/<ID>_flair.nii.gz, labels 0, 1, 2, 4) through the `brats` adapter, end to end."""
+    code, runs = _run(tmp_path, "brats", BRATS2018, SPLITS / "brats2018.json", "--set", "data.size=64")
+    assert code == 0 and len(runs) == 1
+    m = runs[0].data.metrics
+    assert m["test/n_volumes"] == 2 and m["test/n_lesion_volumes"] == 2  # CBICA_ALU and TCIA10_628
+    # tumour is 2-16 % of each brain; FLAIR hyperintensity (oedema) ranks it far above chance
+    assert 0.02 < m["test/prevalence"] < 0.16 and m["test/auprc"] > 3 * m["test/prevalence"]
+
