@@ -342,7 +342,7 @@ def build_leaderboard(runs: pd.DataFrame, metrics=DEFAULT_METRICS, datasets=None
     mean_rank = (S.mean_ranks(means[ranked], {c: True for c in ranked}) if ranked
                  else pd.Series(math.nan, index=labels))
     lb = Leaderboard(metrics, runs, means, stds, counts, ci_low, ci_high, p_holm, best, mean_rank, data,
-                     sorted(used["tags.label"].unique()), _seed_order(runs["tags.seed"]), n_resamples if statistics else 0,
+                     sorted(used["tags.label"].unique()), _seed_order(s.seed for s in samples), n_resamples if statistics else 0,
                      bootstrap_seed, notes=notes + loaded.notes, samples=long)
     lb.reused = reused_parts(runs)
     lb.seed_spread = _seed_spread(lb)

@@ -629,6 +629,7 @@ def test_cross_validation_folds_pool_into_one_row(tmp_path):
     assert "good_map (seed 1) on toy-cv: fold(s) 3 of 5 have no finished run, so this seed is left out" in md
     assert "Cross-validation (toy-cv): each row pools the test volumes of its K folds" in md
     assert "fit s and ms/slice are the mean over the folds" in md
+    assert "Mean ± std over seeds (0);" in md and "Fewer seeds" not in md  # the left-out seed is no seed of the table
     csv = pd.read_csv(__import__("io").StringIO(render_csv(lb)), dtype={"seed": str})
     assert len(csv[(csv.volume == "pooled") & (csv.metric == "auprc")]) == 2  # one pooled value per (label, seed)
 
