@@ -12,10 +12,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _pairs(values: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
+    """``NAME=PATH`` split at the first ``=`` (a PATH may hold ``=``; dataset names never do: they are refused
+    where they are defined). A value whose part before ``=`` is empty or holds a path separator is a bare PATH."""
     out = {}
     for v in values or []:
-        if "=" in v:
-            k, p = v.split("=", 1)
+        k, _, p = v.partition("=")
+        if p and k and "/" not in k and os.sep not in k:
             out[k] = p
         elif default_key is not None:
             out[default_key] = v
@@ -185,8 +187,12 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
         return
     text = render(runs, "md" if fmt == "table" else fmt, metrics, datasets, n_resamples, bootstrap_seed)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a folder, a read-only place: the runs are untouched, only the file is refused
+            raise LeaderboardError(f"--out {out}: cannot write the leaderboard there ({exc.strerror or exc}); "
+                                   "give a file path in a writable folder") from None
         print(f"leaderboard written to {out}", file=sys.stderr)
     else:
         print(text)
@@ -314,11 +320,12 @@ def cmd_tune(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from lesionbench.tracking import default_tracking_uri
+    from lesionbench.tracking import check_store_readable, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
         raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
+    check_store_readable(uri)  # a read command: never creates or migrates the store
     print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
                       args.bootstrap, args.bootstrap_seed, args.wide)
     return 0

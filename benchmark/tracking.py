@@ -9,9 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from lesionbench.config import ConfigError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -59,6 +63,96 @@ def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
 
+def owner_tags() -> dict[str, str]:
+    """Who runs a run (tags ``host``, ``pid``): a later process can tell that a RUNNING run's owner is dead."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` tracking URI; None for servers and in-memory stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    file = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(file) if file and file != ":memory:" else None
+
+
+@contextmanager
+def _store_lock(db: Path):
+    """An exclusive lock beside the database: processes sharing a workdir create and migrate it one at a time."""
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _store_error(db: Path, exc: BaseException) -> ConfigError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ConfigError(
+        f"MLflow store {db} cannot be opened ({type(exc).__name__}: {reason}); it was left as it is. "
+        f"If it is corrupt or half-created, move it aside (mv {db} {db}.bad) and run again, or use another --workdir; "
+        f"if its schema is out of date, back it up and run `mlflow db upgrade sqlite:///{db}`"
+    )
+
+
+def open_store(uri: str) -> None:
+    """Create or check a sqlite store once, under a file lock, before any client touches it: MLflow migrates a
+    fresh database in many steps, and two processes doing so at once crash or leave it half-migrated."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    from mlflow.tracking._tracking_service.utils import _get_store  # cached per URI: clients reuse this store
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _store_lock(db):
+            _get_store(uri)
+    except Exception as exc:
+        raise _store_error(db, exc) from None
+
+
+def check_store_readable(uri: str) -> None:
+    """Refuse, without writing, a sqlite store that MLflow would have to create or migrate on opening: a read
+    command (the leaderboard) must not change the file, and a corrupt one gets a clear error."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    if not db.is_file():
+        raise ConfigError(f"no runs: MLflow store {db} does not exist; run `lesionbench run` first")
+    import sqlalchemy
+    from mlflow.store.db.utils import _all_tables_exist, _get_latest_schema_revision, _get_schema_version
+
+    engine = sqlalchemy.create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+    try:
+        if not sqlalchemy.inspect(engine).get_table_names():
+            raise ConfigError(f"no runs: MLflow store {db} holds no tables (nothing was tracked there); "
+                              "run `lesionbench run` first")
+        if not _all_tables_exist(engine):
+            raise _store_error(db, RuntimeError("some MLflow tables are missing"))
+        current, head = _get_schema_version(engine), _get_latest_schema_revision()
+        if current != head:
+            raise _store_error(db, RuntimeError(f"schema version {current}, this MLflow expects {head}"))
+    except ConfigError:
+        raise
+    except Exception as exc:  # sqlite's "file is not a database" and the like
+        raise _store_error(db, exc) from None
+    finally:
+        engine.dispose()
+
+
 def git_commit() -> str:
     """The commit of the lesionbench source tree, when it is a git checkout."""
     here = Path(__file__).resolve().parent
@@ -83,6 +177,7 @@ class Tracker:
 
         self._mlflow = mlflow
         self.uri = tracking_uri
+        open_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -106,10 +201,28 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def fail_dead_runs(self, run_kind: str = "run") -> list[str]:
+        """Mark FAILED the RUNNING runs whose process is known to be dead (started on this host by a pid that no
+        longer exists): a killed cell's run would otherwise stay RUNNING. Runs of live or unknown owners (another
+        host, no owner tags) are left alone: processes sharing the workdir may still be running them."""
+        host, lines = socket.gethostname(), []
+        runs = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and tags.run_kind = '{run_kind}'",
+                                       max_results=5000)
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("host") != host or not tags.get("pid", "").isdigit() or pid_alive(int(tags["pid"])):
+                continue
+            reason = (f"its process (pid {tags['pid']} on {host}) ended without closing the run: killed or crashed; "
+                      f"marked FAILED by pid {os.getpid()}")
+            self.client.set_tag(run.info.run_id, "error", reason)
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            lines.append(f"run {run.info.run_id} ({tags.get('mlflow.runName', '?')}): {reason}")
+        return lines
+
     def start(self, name: str, tags: dict[str, str], params: dict[str, str], parent_run_id: str | None = None) -> "TrackedRun":
         from mlflow.entities import Param, RunTag
 
-        all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in tags.items()}}
+        all_tags = {"mlflow.runName": name, **owner_tags(), **{k: str(v) for k, v in tags.items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
