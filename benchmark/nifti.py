@@ -158,6 +158,22 @@ def _labels(case: str, image: Image, known: tuple[int, ...] | None) -> np.ndarra
     return rounded.astype(np.int32)
 
 
+#: Above this fraction of non-zero voxels on the volume's outer faces, the background is not zero.
+MAX_NONZERO_BORDER = 0.5
+
+
+def _check_zero_background(case: str, brain: np.ndarray, images: list[Image]) -> None:
+    """The brain taken from the non-zero voxels is only the brain on a zero background (skull-stripped data);
+    on a non-zero one it would be most of the box, and metrics computed over it mislead."""
+    faces = [brain[0], brain[-1], brain[:, 0], brain[:, -1], brain[:, :, 0], brain[:, :, -1]]
+    border = sum(int(f.sum()) for f in faces) / sum(f.size for f in faces)
+    if border > MAX_NONZERO_BORDER:
+        raise DataError(
+            f"case {case}: no brain mask, and the background is not 0: {border:.0%} of the volume's outer faces are "
+            f"non-zero in {', '.join(str(i.path) for i in images)} (the brain would be {brain.mean():.0%} of the volume); "
+            "give a brain-mask file (layout key `brain`) or skull-stripped images with a zero background")
+
+
 def load_case(case: str, files: CaseFiles, lesion_values: tuple[int, ...] | None = None,
               known_labels: tuple[int, ...] | None = None, tolerance: float = AFFINE_TOLERANCE) -> Volume:
     """Read a case's files into a :class:`Volume`.
@@ -191,6 +207,12 @@ def load_case(case: str, files: CaseFiles, lesion_values: tuple[int, ...] | None
             brain |= image.data != 0
         if not brain.any():
             raise DataError(f"case {case}: empty brain mask: every voxel is 0 in {', '.join(str(i.path) for i in images)}")
+        _check_zero_background(case, brain, images)
+    for image in images:  # an empty or failed acquisition would be normalised to noise and score at chance
+        inside = image.data[brain]
+        if inside.min() == inside.max():
+            raise DataError(f"case {case}: {image.path} is constant ({float(inside[0]):g}) inside the brain: an empty "
+                            "or failed image; replace it, or leave the modality out (data.modalities)")
     stacked = np.empty((len(images), *ref.data.shape), np.float32)
     for i, image in enumerate(images):
         stacked[i] = image.data

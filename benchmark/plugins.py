@@ -97,7 +97,9 @@ def load_plugins(strict: bool | None = None, autoload: bool | None = None) -> Pl
     plugins = Plugins(Registry("method"), Registry("dataset"))
 
     def fail(name: str, exc: BaseException):
-        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):  # the user's Ctrl-C is not the plugin's failure
+            raise exc
+        message = f"SystemExit: it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
         if strict:
             raise PluginError(f"plugin {name!r} failed: {message}") from exc
         plugins.failures.append((name, message))
@@ -111,7 +113,7 @@ def load_plugins(strict: bool | None = None, autoload: bool | None = None) -> Pl
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # a broken plugin must not take the others down
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
                 fail(ep.name, exc)
 
     for hook, registry in (
@@ -122,8 +124,8 @@ def load_plugins(strict: bool | None = None, autoload: bool | None = None) -> Pl
             registry.current_plugin = impl.plugin_name
             try:
                 impl.function(registry=registry)
-            except Exception as exc:
-                if impl.plugin_name.startswith("lesionbench."):
+            except BaseException as exc:
+                if impl.plugin_name.startswith("lesionbench.") or isinstance(exc, KeyboardInterrupt):
                     raise
                 fail(impl.plugin_name, exc)
         registry.current_plugin = "?"

@@ -114,8 +114,17 @@ def make_folds(cases: dict[str, int | None], k: int, split_seed: int, val_fracti
 def read_split(path: str | Path, cases: list[str]) -> dict[str, str]:
     """A user's split file, used as it is; cases the data has but the file omits are left out."""
     path = Path(path)
+
+    def unique_keys(pairs):  # json keeps the last of repeated keys: a case named twice would be silently moved
+        from collections import Counter
+
+        repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        if repeated:
+            raise ConfigError(f"split file {path} names case(s) {repeated} more than once; give each case one part")
+        return dict(pairs)
+
     try:
-        split = json.loads(path.read_text())
+        split = json.loads(path.read_text(), object_pairs_hook=unique_keys)
     except FileNotFoundError:
         raise ConfigError(f"split file {path} does not exist") from None
     except json.JSONDecodeError as exc:

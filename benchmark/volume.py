@@ -53,6 +53,9 @@ class Volume:
             raise DataError(f"case {self.case_id}: NaN/Inf values in modalities {bad}")
         if not self.brain.any():
             raise DataError(f"case {self.case_id}: empty brain mask")
+        flat = [m for m, ch in zip(self.modalities, self.image) if np.ptp(ch[self.brain]) == 0]
+        if flat:  # an empty or failed acquisition: normalised to nothing, it would score at chance
+            raise DataError(f"case {self.case_id}: modalities {flat} are constant inside the brain (empty or failed images)")
 
     def select(self, modalities: tuple[str, ...]) -> "Volume":
         """The same volume restricted to (and reordered as) ``modalities``; a missing one is an error."""

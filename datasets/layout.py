@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lesionbench.config import ConfigError
+from lesionbench.filenames import safe_name
 from lesionbench.nifti import CaseFiles, check_case_headers, lesion_voxel_count, load_case
 from lesionbench.volume import MODALITIES, DataError, DatasetAdapter, Volume
 
@@ -31,7 +32,8 @@ REAL_DATA_SIZE = 192
 class Layout:
     modalities: dict[str, tuple[str, ...]]  # canonical name -> patterns (alternatives)
     lesion: tuple[str, ...]  # label map patterns
-    brain: tuple[str, ...] = ()  # optional brain-mask patterns; else the non-zero voxels
+    brain: tuple[str, ...] = ()  # brain-mask patterns; none: the non-zero voxels (a zero background is checked)
+    brain_optional: bool = False  # a case without a brain-mask file falls back to its non-zero voxels
     lesion_values: tuple[int, ...] | None = None  # labels that count as lesion; None: every label > 0
     known_labels: tuple[int, ...] | None = None  # labels a label map may hold; None: any integer
     case_regex: str = r"[^/]+"  # what a case id looks like
@@ -113,7 +115,7 @@ class LayoutAdapter(DatasetAdapter):
         files = CaseFiles(
             {m: self._find(case, f"{m} image", self.layout.modalities[m]) for m in self.modalities},
             self._find(case, "lesion label", self.layout.lesion),
-            self._find(case, "brain mask", self.layout.brain, required=False) if self.layout.brain else None,
+            self._find(case, "brain mask", self.layout.brain, required=not self.layout.brain_optional) if self.layout.brain else None,
         )
         return files
 
@@ -161,6 +163,12 @@ def _ints(value, where: str) -> tuple[int, ...] | None:
     raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
 
 
+def _flag(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
 def nifti_dataset(path: str | Path) -> type[LayoutAdapter]:
     """A dataset adapter class from a layout TOML file (its keys are explained in ``layouts/brats2013-deepmedic.toml``)."""
     path = Path(path)
@@ -170,7 +178,8 @@ def nifti_dataset(path: str | Path) -> type[LayoutAdapter]:
         raise ConfigError(f"dataset file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"dataset file {path} is not valid TOML: {exc}") from None
-    known = {"name", "description", "root", "modalities", "lesion", "brain", "lesion_values", "known_labels", "case_regex", "size"}
+    known = {"name", "description", "root", "modalities", "lesion", "brain", "brain_optional", "lesion_values", "known_labels",
+             "case_regex", "size"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConfigError(f"dataset file {path}: unknown keys {unknown}; known keys: {sorted(known)}")
@@ -183,13 +192,14 @@ def nifti_dataset(path: str | Path) -> type[LayoutAdapter]:
         modalities={m: _patterns(p, f"{path}: modalities.{m}") for m, p in spec["modalities"].items()},
         lesion=_patterns(spec["lesion"], f"{path}: lesion"),
         brain=_patterns(spec["brain"], f"{path}: brain") if "brain" in spec else (),
+        brain_optional=_flag(spec.get("brain_optional", False), f"{path}: brain_optional"),
         lesion_values=_ints(spec.get("lesion_values"), f"{path}: lesion_values"),
         known_labels=_ints(spec.get("known_labels"), f"{path}: known_labels"),
         case_regex=spec.get("case_regex", r"[^/]+"),
     )
     root = spec.get("root")
     attrs = {
-        "name": spec.get("name", path.stem),
+        "name": safe_name(spec.get("name", path.stem), f"dataset file {path}: name", forbid="="),
         "description": spec.get("description", f"NIfTI layout from {path.name}"),
         "layout": layout,
         "data_defaults": {**LayoutAdapter.data_defaults, "size": int(spec.get("size", REAL_DATA_SIZE))},
@@ -253,6 +263,7 @@ class BraTS(LayoutAdapter):
         },
         lesion=_brats_patterns("seg", "seg"),
         brain=(*_brats_patterns("brainmask", "brainmask"), *_brats_patterns("mask", "mask")),
+        brain_optional=True,  # the official releases ship no brain mask; their background is 0
         known_labels=(0, 1, 2, 3, 4),  # 2013: 1-4; 2021: 1, 2, 4; 2023: 1-3
     )
 
@@ -269,6 +280,7 @@ class OpenMS(LayoutAdapter):
         },
         lesion=("{case}/GOLD_STANDARD_*.nii*",),
         brain=("{case}/brainmask*.nii*",),
+        brain_optional=True,  # the published MNI layout has no brain mask; its background is 0
         known_labels=(0, 1),
         case_regex=r"patient\d+",
     )
