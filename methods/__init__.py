@@ -10,4 +10,5 @@ BUILTIN_PLUGINS = (
     "lesionbench.methods.wargnier",
     "lesionbench.methods.fanogan",
     "lesionbench.methods.wolleb_wargnier",
+    "lesionbench.methods.cfg_diffusion",
 )
