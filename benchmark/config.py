@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A bad configuration value, key or file; the message names it."""
 
 
+#: The smallest slice size and synthetic depth (the synthetic generators' limits; smaller grids lose the anatomy).
+MIN_SIZE, MIN_DEPTH = 16, 8
+
+
 @dataclass
 class DataConfig:
     """Preprocessing and data generation settings (``data.*``)."""
@@ -45,6 +49,32 @@ class DataConfig:
     seed: int = 0  # synthetic sets: generator seed (independent of run seeds and of the split seed)
     predict_batch: int = 64  # slices per predict call
 
+    def __post_init__(self):
+        """Every ``data.*`` value in its range: an inverted clip or a fraction above 1 would run and mislead."""
+        problems = []
+
+        def need(ok: bool, text: str):
+            if not ok:
+                problems.append(text)
+
+        repeated = sorted({m for m in self.modalities if list(self.modalities).count(m) > 1})
+        need(not repeated, f"data.modalities names {repeated} more than once")
+        need(self.size >= MIN_SIZE, f"data.size={self.size}: the smallest slice size is {MIN_SIZE}")
+        need(self.min_lesion_voxels >= 1, f"data.min_lesion_voxels={self.min_lesion_voxels}: give 1 or more")
+        need(0.0 <= self.min_brain_fraction <= 1.0, f"data.min_brain_fraction={self.min_brain_fraction}: give a fraction in [0, 1]")
+        need(0.0 <= self.clip_low < self.clip_high <= 100.0,
+             f"data.clip_low={self.clip_low}, data.clip_high={self.clip_high}: percentiles with 0 <= clip_low < clip_high <= 100")
+        need(0.0 <= self.val_fraction < 1.0, f"data.val_fraction={self.val_fraction}: give a fraction in [0, 1)")
+        need(0.0 < self.test_fraction < 1.0, f"data.test_fraction={self.test_fraction}: give a fraction in (0, 1)")
+        need(self.val_fraction + self.test_fraction < 1.0,
+             f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction:g} leaves no training case")
+        need(self.subjects >= 1, f"data.subjects={self.subjects}: give 1 or more")
+        need(self.depth >= MIN_DEPTH, f"data.depth={self.depth}: the synthetic sets need {MIN_DEPTH} slices or more")
+        need(self.seed >= 0, f"data.seed={self.seed}: give 0 or more")
+        need(self.predict_batch >= 1, f"data.predict_batch={self.predict_batch}: give 1 or more")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
 
 #: Data settings per profile (the smoke profile keeps the test suite fast on 2 cores).
 DATA_PROFILES: dict[str, dict[str, Any]] = {
@@ -63,18 +93,19 @@ def _is_sequence(tp) -> bool:
     return typing.get_origin(tp) in (tuple, list)
 
 
-def parse_value(text: str, tp, key: str):
-    """Parse one ``--set`` value for a field of type ``tp``."""
+def parse_value(text: str, tp, key: str, source: str = "--set"):
+    """Parse one ``--set`` value for a field of type ``tp``; ``source`` names where a file's string value came
+    from (``config file X: ``), so its error does not blame ``--set``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if text.lower() in ("none", "null", ""):
             return None
-        return parse_value(text, args[0], key)
+        return parse_value(text, args[0], key, source)
     if _is_sequence(tp):
         (inner, *_) = typing.get_args(tp) or (str,)
         items = [t.strip() for t in text.split(",") if t.strip()]
-        return tuple(parse_value(t, inner, key) for t in items)
+        return tuple(parse_value(t, inner, key, source) for t in items)
     try:
         if tp is bool:
             low = text.lower()
@@ -90,24 +121,26 @@ def parse_value(text: str, tp, key: str):
         if tp is str:
             return text
     except ValueError:
+        if source != "--set":
+            raise ConfigError(f"{source}{key}: expected {getattr(tp, '__name__', tp)}, got {text!r}") from None
         raise ConfigError(f"--set {key}={text}: expected {getattr(tp, '__name__', tp)}") from None
-    raise ConfigError(f"--set {key}: values of type {tp} cannot be set from the command line")
+    raise ConfigError(f"{source} {key}: values of type {tp} cannot be set from the command line".lstrip())
 
 
-def coerce(value, tp, key: str):
-    """Check/convert a TOML value against a field type."""
+def coerce(value, tp, key: str, source: str = ""):
+    """Check/convert a TOML value against a field type; ``source`` prefixes errors (``config file X: ``)."""
     if isinstance(value, str) and tp is not str:
-        return parse_value(value, tp, key)
+        return parse_value(value, tp, key, source)
     if _is_sequence(tp):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{source}{key}: expected a list, got {value!r}")
         (inner, *_) = typing.get_args(tp) or (str,)
-        return tuple(coerce(v, inner, key) for v in value)
+        return tuple(coerce(v, inner, key, source) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     base = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
-    if value is not None and isinstance(base, type) and not isinstance(value, base):
-        raise ConfigError(f"{key}: expected {base.__name__}, got {value!r}")
+    if value is not None and isinstance(base, type) and (not isinstance(value, base) or (isinstance(value, bool) and base is not bool)):
+        raise ConfigError(f"{source}{key}: expected {base.__name__}, got {value!r}")
     return value
 
 
@@ -148,13 +181,13 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def typed_overrides(cls, table: dict[str, Any], where: str) -> dict[str, Any]:
+def typed_overrides(cls, table: dict[str, Any], where: str, source: str = "") -> dict[str, Any]:
     types_ = _field_types(cls)
     out = {}
     for key, value in table.items():
         if key not in types_:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(types_))}")
-        out[key] = coerce(value, types_[key], f"{where}.{key}")
+            raise ConfigError(f"{source}{where}: unknown key {key!r}; known keys: {', '.join(sorted(types_))}")
+        out[key] = coerce(value, types_[key], f"{where}.{key}", source)
     return out
 
 
@@ -183,11 +216,12 @@ def flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
     return {f"{prefix}.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)) for k, v in d.items()}
 
 
-def resolve_data_config(profile: str, file_table: dict[str, Any], set_options: list[SetOption]) -> DataConfig:
+def resolve_data_config(profile: str, file_table: dict[str, Any], set_options: list[SetOption], source: str = "") -> DataConfig:
+    """``source`` names the file of ``file_table`` in errors (``config file X: ``)."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     values = dict(DATA_PROFILES[profile])
-    values.update(typed_overrides(DataConfig, file_table, "data"))
+    values.update(typed_overrides(DataConfig, file_table, "data", source))
     sweeps = sweep_overrides(DataConfig, set_options, "data")
     if len(sweeps) > 1:
         raise ConfigError("data.* keys cannot be swept (one preprocessing per run); run again with another --workdir")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from lesionbench.config import DataConfig, stable_hash
+from lesionbench.filenames import safe_name
 from lesionbench.method import SliceSet, Supervision
 from lesionbench.preprocessing import Geometry, NativeMasks, PreparedCase, prepare_case
 from lesionbench.splits import cases_in
@@ -105,8 +107,13 @@ class PreparedDataset:
         key = stable_hash(["geometry", CACHE_FORMAT, [self.adapter.fingerprint(c) for c in train], self.data.size, list(self.data.modalities)])
         path = self.cache_dir / f"geometry-{key}.json"
         if path.exists():
-            saved = json.loads(path.read_text())
-            return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"]), {}
+            try:
+                saved = json.loads(path.read_text())
+                return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"]), {}
+            except FileNotFoundError:
+                pass  # another worker set it aside a moment ago
+            except Exception as exc:  # truncated or edited: fitted again
+                set_aside(path, exc)
         volumes, bad = {}, {}
         for c in train:
             try:
@@ -143,7 +150,7 @@ class PreparedDataset:
 
     def _case_path(self, case: str) -> Path:
         key = stable_hash([self.adapter.fingerprint(case), self.preprocessing])
-        return self.cache_dir / f"{self.name}-{case}-{key}.npz"
+        return self.cache_dir / f"{safe_name(self.name, 'dataset name')}-{safe_name(case, f'dataset {self.name}: case id')}-{key}.npz"
 
     def _store(self, case: str, prepared: PreparedCase) -> None:
         self._cache[case] = prepared
@@ -159,12 +166,19 @@ class PreparedDataset:
             return self._cache[case]
         path = self._case_path(case)
         if path.exists():
-            with np.load(path) as z:
-                native = NativeMasks(tuple(int(s) for s in z["native_shape"]), z["native_brain"], z["native_lesion"])
-                prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities, native)
-            self.cache_hits += 1
-            self._cache[case] = prepared
-            return prepared
+            try:
+                with np.load(path) as z:
+                    native = NativeMasks(tuple(int(s) for s in z["native_shape"]), z["native_brain"], z["native_lesion"])
+                    prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities, native)
+            except FileNotFoundError:
+                prepared = None  # another worker set it aside a moment ago
+            except Exception as exc:  # truncated or corrupt (numpy and zipfile raise many types): prepared again
+                set_aside(path, exc)
+                prepared = None
+            if prepared is not None:
+                self.cache_hits += 1
+                self._cache[case] = prepared
+                return prepared
         prepared = self._prepare(self._load_volume(case), self.geometry, self.modalities)
         self._store(case, prepared)
         return prepared
@@ -224,6 +238,19 @@ def lesion_loads(adapter: DatasetAdapter, cases: list[str], cache_dir: Path) -> 
             folder.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(path, json.dumps({"case": case, "lesion_voxels": int(loads[case])}))
     return loads
+
+
+def set_aside(path: Path, error: BaseException) -> None:
+    """Rename an unreadable cache file to ``*.corrupt`` (kept for inspection) and warn, naming it; the caller
+    makes the entry again."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        path.replace(aside)
+    except OSError:
+        pass  # another worker set it aside first
+    reason = (str(error).strip().splitlines() or [""])[0][:200]
+    warnings.warn(f"cache file {path} is unreadable ({type(error).__name__}: {reason}); set aside as {aside.name}, "
+                  "made again", stacklevel=3)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -30,6 +30,7 @@ from lesionbench.config import (
     sweep_overrides,
     typed_overrides,
 )
+from lesionbench.filenames import safe_name
 from lesionbench.method import Method, SliceSet
 from lesionbench.pipeline import PreparedDataset, lesion_loads
 from lesionbench.plugins import Plugins
@@ -62,10 +63,13 @@ class Variant:
     config: Any
 
 
-def method_variants(method_cls: type[Method], profile: str, file_table: dict, set_options) -> list[Variant]:
+def method_variants(method_cls: type[Method], profile: str, file_table: dict, set_options, source: str = "") -> list[Variant]:
+    """``source`` names the file of ``file_table`` in errors (``config file X: ``)."""
     table = dict(file_table)
     label = table.pop("label", None)
-    base = typed_overrides(method_cls.Config, table, method_cls.name)
+    if label is not None and not isinstance(label, str):
+        raise ConfigError(f"{source}{method_cls.name}.label: expected a string, got {label!r}")
+    base = typed_overrides(method_cls.Config, table, method_cls.name, source)
     variants = []
     sweeps = sweep_overrides(method_cls.Config, set_options, method_cls.name)
     for sweep in sweeps:
@@ -120,7 +124,12 @@ def make_adapter(cls, root: str | None, data: DataConfig):
     options = {k: v for k, v in config_dict(data).items() if k in params and k != "root"}
     if cls.needs_root and root is None:
         raise ConfigError(f"dataset {cls.name!r} reads files: give --root {cls.name}=PATH")
-    return cls(root=root, **options)
+    try:
+        return cls(root=root, **options)
+    except (ConfigError, DataError):
+        raise
+    except ValueError as exc:  # an adapter refusing a data.* value: a clear error, not a traceback
+        raise ConfigError(f"dataset {cls.name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ def save_maps(dataset: PreparedDataset, cases: list[PreparedCase], scored: list[
     source_file = getattr(dataset.adapter, "source_file", None)
     for case, sv in zip(cases, scored):
         full = native_map(dataset, case, sv)
-        out = folder / f"{case.case_id}_map.nii.gz"
+        out = folder / f"{safe_name(case.case_id, f'dataset {dataset.name}: case id')}_map.nii.gz"
         if source_file is not None:
             write_like(full, source_file(case.case_id), out)
         else:
@@ -276,11 +285,11 @@ class HarnessLog:
         owner = getattr(self.method, "parts_owner", None) or self.method.name
         digest = stable_hash([owner, part, key, self.parts_key], 20)
         path = self.parts_dir / f"{owner}-{part}-{digest}.pt"
-        if path.exists():
+        entry = self._load_part(path) if path.exists() else None
+        if entry is not None:
             self.parts_reused.append(part)
             if self.run is not None:
                 self.run.tag(f"reused.{part}", digest)
-            entry = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(entry, dict) and "part_state" in entry:  # older entries hold the bare state
                 restore_rng(entry["rng_after"])  # the rest of fit draws what it would have drawn after training
                 return entry["part_state"]
@@ -291,6 +300,39 @@ class HarnessLog:
         torch.save({"part_state": state, "rng_after": rng_state()}, tmp)
         tmp.replace(path)
         return state
+
+    def _load_part(self, path: Path):
+        """A cached part; None when the file is unreadable (truncated, corrupt), which is set aside as
+        ``*.corrupt`` and reported, so the part is trained again. A file that torch's weights-only loader
+        refuses (it holds more than tensors and plain values) is never opened otherwise: the cell fails naming it."""
+        import pickle
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None  # another worker set it aside a moment ago
+        except pickle.UnpicklingError as exc:
+            if str(exc).startswith("Weights only load failed"):
+                raise RuntimeError(
+                    f"trained part {path}: refused by torch.load(weights_only=True): it holds objects other than "
+                    f"tensors and plain values, which lesionbench never writes; inspect or delete it (the part is "
+                    f"then trained again)") from None
+            error = exc
+        except Exception as exc:  # torch reports truncation as RuntimeError or OSError, without the path
+            error = exc
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            path.replace(aside)
+        except OSError:
+            pass  # another worker set it aside first
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        message = f"trained part {path} is unreadable ({type(error).__name__}: {reason}); set aside as {aside.name}, trained again"
+        warnings.warn(message, stacklevel=3)
+        if self.run is not None:
+            self.run.tag("warning." + stable_hash(message, 6), message[:500])
+        if self.on_step is not None:
+            self.on_step(message)
+        return None
 
     @property
     def used_val_voxel_labels(self) -> bool:
@@ -370,14 +412,25 @@ def plan(request: RunRequest, plugins: Plugins):
     for key, value in file_cfg.items():
         if isinstance(value, dict) and key not in known_ns:
             raise ConfigError(f"config file {request.config_file}: table [{key}] is neither [data] nor a method of this run")
-    data = resolve_data_config(profile, file_cfg.get("data", {}), [o for o in set_options if o.namespace == "data"])
+    source = f"config file {request.config_file}: " if request.config_file else ""
+    data = resolve_data_config(profile, file_cfg.get("data", {}), [o for o in set_options if o.namespace == "data"], source)
     variants = []
     for cls in method_classes:
-        variants += method_variants(cls, profile, file_cfg.get(cls.name, {}), [o for o in set_options if o.namespace == cls.name])
+        variants += method_variants(cls, profile, file_cfg.get(cls.name, {}), [o for o in set_options if o.namespace == cls.name],
+                                    source)
     labels = [v.label for v in variants]
     dupes = sorted({l for l in labels if labels.count(l) > 1})
     if dupes:
         raise ConfigError(f"two configurations share the label(s) {dupes}; give each its own `label`")
+    for label in labels:  # a label names the row's --save-maps folder
+        safe_name(label, "label")
+    for dcls in dataset_classes:  # a dataset name names cache, split and map paths
+        safe_name(dcls.name, "dataset name", forbid="=")
+    names = {*request.datasets, *(d.name for d in dataset_classes)}
+    for name in request.roots:  # a misspelt name would leave its data folder unused
+        if name not in names:
+            raise ConfigError(f"--root {name}=...: no dataset of this run is named {name!r} "
+                              f"(datasets: {', '.join(d.name for d in dataset_classes)})")
     return profile, data, variants, dataset_classes
 
 
@@ -430,6 +483,8 @@ def run_grid(request: RunRequest, plugins: Plugins, console=None, on_cell: Calla
     device = resolve_device(request.device)
     uri = request.tracking_uri or default_tracking_uri(workdir)
     tracker = Tracker(uri, request.experiment, workdir / "artifacts")
+    for line in tracker.fail_dead_runs():  # cells of killed runs on this workdir
+        console.print(f"[yellow]{line}[/yellow]")
     commit = git_commit()
     results: list[CellResult] = []
     eval_space = "native" if request.eval_native else "resampled"
