@@ -86,6 +86,48 @@ def test_guided_eps_follows_the_classifier_gradient():
     assert torch.allclose(out, torch.full_like(eps, -math.sqrt(0.25) * 4.0))
 
 
+def _guided_decode_by_hand(eps_fn, grad_fn, x, times, abar, scale, clip_x0):
+    """The guided DDIM decoding written out step by step (the authors' ``condition_score2`` + ``ddim_sample``
+    for "unguided"), independent of the sampler's functions."""
+    for t, t_prev in zip(times[::-1][:-1], times[::-1][1:]):
+        a, a_prev = float(abar[t]), float(abar[t_prev])
+        tt = torch.full((x.shape[0],), t, dtype=torch.long)
+        eps, grad = eps_fn(x, tt), grad_fn(x, tt)
+        if clip_x0 == "unguided":
+            x0 = ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)  # the model's x0, clipped
+            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)  # eps re-derived from it
+            eps = eps - math.sqrt(1 - a) * scale * grad  # then the guidance
+            x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)  # the guided x0, unclipped
+        else:
+            eps = eps - math.sqrt(1 - a) * scale * grad
+            x0 = ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)  # the guided x0, clipped
+            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+    return x
+
+
+def test_guided_decoding_clips_the_unguided_x0_then_guides_by_default():
+    """The authors' order (clip the model's x0, re-derive eps, add the guidance, leave the guided x0 unclipped)
+    is the default of the sampler and of wolleb; the former order is the option clip_x0="guided"."""
+    _, abar = S.linear_schedule(1000)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)  # a latent at L = 300
+    eps_fn = lambda x, t: 1.5 * x - 0.4  # noqa: E731  a denoiser whose x0 leaves [-1, 1]: clipping matters
+    grad_fn = lambda x, t: torch.tanh(x.flip(-1))  # noqa: E731  a gradient that varies over the image
+    times = S.ddim_times(300, 100)
+    outputs = {}
+    for order in S.CLIP_X0:
+        expected = _guided_decode_by_hand(eps_fn, grad_fn, x, times, abar, 20.0, order)
+        outputs[order] = S.guided_ddim_decode(eps_fn, x, times, abar, grad_fn, 20.0, clip_x0=order)
+        torch.testing.assert_close(outputs[order], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(S.guided_ddim_decode(eps_fn, x, times, abar, grad_fn, 20.0), outputs["unguided"])
+    assert float((outputs["unguided"] - outputs["guided"]).abs().max()) > 0.1  # the orders differ on this model
+    assert float(outputs["unguided"].abs().max()) > 1.0  # the guided x0 is left unclipped
+    assert Wolleb.make_config("quick").clip_x0 == "unguided"
+    with pytest.raises(ValueError, match="clip_x0 must be one of"):
+        Wolleb(Wolleb.make_config("smoke", {"clip_x0": "both"}))
+
+
 def test_hybrid_loss_is_finite_and_reduces_to_mse_plus_vlb():
     betas, abar = S.linear_schedule(1000)
     x0 = torch.rand(4, 2, 8, 8) * 2 - 1

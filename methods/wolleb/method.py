@@ -1,13 +1,20 @@
 """Wolleb, Bieder, Sandkühler and Cattin (2022), "Diffusion models for medical anomaly detection", MICCAI.
 
 Theirs (and their code, github.com/JuliaWolleb/diffusion-anomaly): a DDPM (T = 1000, linear schedule,
-learned variances) trained on all training slices, and a noise-conditioned classifier (the encoder half
-of the UNet) trained with cross-entropy on x_t, t ~ U[0, T). At inference the slice is encoded with
-deterministic DDIM to noise level L, then decoded with DDIM guided towards "healthy":
-eps_hat = eps - sqrt(1 - abar_t) s grad_x log p(healthy | x_t). The anomaly map is |x - x_hat|.
+learned variances) trained on all training slices, class-conditional on the image label, and a
+noise-conditioned classifier (the encoder half of the UNet) trained with cross-entropy on x_t,
+t ~ U[0, T). At inference the slice is encoded with deterministic DDIM to noise level L, then decoded with
+DDIM guided towards "healthy": eps_hat = eps - sqrt(1 - abar_t) s grad_x log p(healthy | x_t), the gradient
+taken at x_t with the model's own t; the DDPM is conditioned on "healthy" (y = 0) in both directions (their
+README trains it with ``--class_cond True`` and passes y = 0 to both loops: the paper's setting). The model's
+x0 is clipped to [-1, 1] with eps re-derived; in a guided step the unguided x0 is clipped before the
+guidance is added and the guided x0 is left unclipped (``clip_x0 = "unguided"``, their ``condition_score2``;
+``"guided"`` clips the guided x0 instead, this method's order before issue 19: up to 0.026 on the output at
+L = 500, s = 100, issue 19). The anomaly map is |x - x_hat|.
 
-Ours: the DDPM is class-conditional on the image label (both DDIM directions are conditioned on
-"healthy"); MONAI's ``DiffusionModelUNet`` / ``DiffusionModelEncoder`` (the classifier's head is MONAI's
+Ours: differences from their loops that ``sampling.py`` lists (encoding from x itself rather than x noised to
+t = 0, a symmetric time grid, the classifier given the original t when timesteps are skipped);
+MONAI's ``DiffusionModelUNet`` / ``DiffusionModelEncoder`` (the classifier's head is MONAI's
 dense layer, not the authors' attention pooling); the number of DDIM steps is a hyperparameter
 (``stride``: one step every ``stride`` timesteps; the paper: stride 1); the map sums |x - x_hat| over
 channels in [-1, 1] units; the slice score is the harness's default (99th percentile of the map) or,
@@ -28,7 +35,7 @@ import torch
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
 from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier, pad_to_multiple
 from lesionbench.methods.wolleb.sampling import (
-    class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
+    CLIP_X0, class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
 )
 from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_classifier, train_denoiser
 
@@ -65,6 +72,7 @@ class WollebConfig:
     guidance_scale: float = 5.0  # s
     stride: int = 50  # timesteps per DDIM step (1 = no skipping, as the paper)
     clip_denoised: bool = True
+    clip_x0: str = "unguided"  # guided steps clip the "unguided" x0, then guide (the authors' code), or the "guided" x0
     score: str = "map"  # slice score: "map" (harness default) or "classifier" (p(lesion | x, t = 0))
     log_every: int = 10
 
@@ -111,6 +119,8 @@ class Wolleb(Method):
         c = config
         if c.score not in ("map", "classifier"):
             raise ValueError(f"{self.name}: score must be 'map' or 'classifier', not {c.score!r}")
+        if c.clip_x0 not in CLIP_X0:
+            raise ValueError(f"{self.name}: clip_x0 must be one of {CLIP_X0}, not {c.clip_x0!r}")
         if len(c.widths) != len(c.attention) or len(c.classifier_widths) != len(c.classifier_attention):
             raise ValueError(f"{self.name}: widths and attention (and their classifier_ twins) must have one entry per level")
         if not 0 < c.noise_level < c.timesteps:
@@ -207,10 +217,10 @@ class Wolleb(Method):
         grad = class_log_prob_gradient(self.logits_fn, HEALTHY)
         if mask is None:
             latent = ddim_encode(eps, x, times, self.alphas_cumprod, c.clip_denoised)
-            return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised)
+            return guided_ddim_decode(eps, latent, times, self.alphas_cumprod, grad, scale, c.clip_denoised, clip_x0=c.clip_x0)
         path = ddim_encode_trajectory(eps, x, times, self.alphas_cumprod, c.clip_denoised)
         return guided_ddim_decode(eps, path[-1], times, self.alphas_cumprod, grad, scale, c.clip_denoised,
-                                  mask=mask, trajectory=path)
+                                  mask=mask, trajectory=path, clip_x0=c.clip_x0)
 
     def _residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] in [-1, 1] (padded) -> [B, H, W]: |x - x_hat| summed over channels."""

@@ -5,9 +5,21 @@ learned variances), Dhariwal & Nichol 2021 (classifier guidance), Wolleb et al. 
 DDIM encoding to level L, then guided DDIM decoding).
 
 Conventions: images lie in [-1, 1]; ``alphas_cumprod[t]`` is alpha-bar_t for t = 0 .. T-1 (MONAI's
-linear schedule); the input image is treated as the sample at t = 0 (as the authors' code does), so
-encoding and decoding run over the same grid of times ``[0, stride, 2 stride, ..., L]``.
-A model is passed as a callable ``eps(x, t) -> epsilon`` with ``t`` an int64 tensor [B].
+linear schedule); the input image is treated as the sample at t = 0, so encoding and decoding run over
+the same grid of times ``[0, stride, 2 stride, ..., L]``. A model is passed as a callable
+``eps(x, t) -> epsilon`` with ``t`` an int64 tensor [B].
+
+Against the authors' code (JuliaWolleb/diffusion-anomaly, ``gaussian_diffusion.py``,
+``ddim_sample_loop_known``), cross-checked numerically in issue 19. The same: the guidance
+eps - sqrt(1 - abar_t) s grad_x log p(healthy | x_t) with the gradient taken at x_t and the model's own t;
+clipping the model's x0 to [-1, 1] with eps re-derived from it (their ``p_mean_variance`` with
+``clip_denoised``) while encoding and decoding; and, by default (``clip_x0 = "unguided"``), the guided
+step's order: clip the unguided x0, re-derive eps, add the guidance, and leave the guided x0 unclipped
+(their ``condition_score2`` then ``ddim_sample``). Ours: ``clip_x0 = "guided"`` (clip the guided x0,
+eps re-derived: this module's order before issue 19); the symmetric grid (their encoder starts at t = 1
+and takes L - 1 steps, their decoder starts at L - 2 and ends at abar = 1: index artefacts of their
+loops); starting the encoding from x itself (their code first noises it to t = 0, N(0, 0.01^2)); with
+skipped timesteps the classifier gets the original t (theirs, respaced, gets the respaced index).
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cump
 
 
 def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)  (DDIM, eq. 9); clipped to [-1, 1] with eps re-derived, as guided-diffusion does
+    # x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)  (DDIM, eq. 9); clipped to [-1, 1] with eps re-derived, as guided-diffusion does for the model's x0
     x0 = (x_t - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
     if clip:
         x0 = x0.clamp(-1, 1)
@@ -91,11 +103,31 @@ def guided_eps(eps: torch.Tensor, grad_log_p: torch.Tensor, abar_t: float, scale
     return eps - math.sqrt(1 - abar_t) * scale * grad_log_p
 
 
+#: which x0 the guided decoding clips: "unguided" (the authors' code) or "guided" (ours before issue 19)
+CLIP_X0 = ("unguided", "guided")
+
+
+def guided_ddim_step(x_t: torch.Tensor, eps: torch.Tensor, grad_log_p: torch.Tensor, abar_t: float, abar_prev: float,
+                     scale: float, clip: bool = True, clip_x0: str = "unguided") -> torch.Tensor:
+    """One guided DDIM step x_t -> x_prev. ``clip_x0 = "unguided"`` (the authors' ``condition_score2`` and
+    ``ddim_sample``): the model's x0 is clipped and eps re-derived, the guidance added to that eps, and the
+    guided x0 left unclipped. ``"guided"``: the guidance is added to the model's eps and the guided x0 is
+    clipped (eps re-derived). Without ``clip`` both are the plain guided step."""
+    if clip_x0 not in CLIP_X0:
+        raise ValueError(f"clip_x0 must be one of {CLIP_X0}, not {clip_x0!r}")
+    if clip_x0 == "unguided":
+        _, eps = predicted_x0(x_t, eps, abar_t, clip)
+        return ddim_step(x_t, guided_eps(eps, grad_log_p, abar_t, scale), abar_t, abar_prev, clip=False)
+    return ddim_step(x_t, guided_eps(eps, grad_log_p, abar_t, scale), abar_t, abar_prev, clip)
+
+
 def guided_ddim_decode(eps_fn: EpsFn, x_level: torch.Tensor, times: Sequence[int], alphas_cumprod: torch.Tensor,
                        grad_fn: GradFn | None = None, scale: float = 0.0, clip: bool = True,
-                       mask: torch.Tensor | None = None, trajectory: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, trajectory: Sequence[torch.Tensor] | None = None,
+                       clip_x0: str = "unguided") -> torch.Tensor:
     """DDIM decoding from times[-1] back to times[0] with classifier guidance (Wolleb et al. 2022, Alg. 1);
-    scale 0 never calls grad_fn. With ``mask`` (in [0, 1], broadcastable to x) and the encoding's
+    scale 0 never calls grad_fn (and then ``clip_x0`` changes nothing). ``clip_x0``: which x0 a guided step
+    clips (:func:`guided_ddim_step`). With ``mask`` (in [0, 1], broadcastable to x) and the encoding's
     ``trajectory`` (``ddim_encode_trajectory`` over the same times), each step keeps the encoded latent
     where the mask is 0: x_t <- m x_t + (1 - m) x_t^enc, so the output equals the input there (the
     masked inpainting of Dif-fuse, Fontanella et al. 2024)."""
@@ -103,6 +135,8 @@ def guided_ddim_decode(eps_fn: EpsFn, x_level: torch.Tensor, times: Sequence[int
         raise ValueError("a masked decoding needs both the mask and the encoding trajectory")
     if trajectory is not None and len(trajectory) != len(times):
         raise ValueError(f"the trajectory has {len(trajectory)} latents for {len(times)} times")
+    if clip_x0 not in CLIP_X0:
+        raise ValueError(f"clip_x0 must be one of {CLIP_X0}, not {clip_x0!r}")
     abar = alphas_cumprod.tolist()
     x = x_level
     for i in range(len(times) - 1, 0, -1):
@@ -111,8 +145,9 @@ def guided_ddim_decode(eps_fn: EpsFn, x_level: torch.Tensor, times: Sequence[int
         with torch.no_grad():
             eps = eps_fn(x, tt).float()
         if scale != 0 and grad_fn is not None:
-            eps = guided_eps(eps, grad_fn(x, tt).float(), abar[t], scale)
-        x = ddim_step(x, eps, abar[t], abar[t_prev], clip)
+            x = guided_ddim_step(x, eps, grad_fn(x, tt).float(), abar[t], abar[t_prev], scale, clip, clip_x0)
+        else:
+            x = ddim_step(x, eps, abar[t], abar[t_prev], clip)
         if mask is not None:
             x = mask * x + (1 - mask) * trajectory[i - 1]
     return x
