@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -68,6 +69,10 @@ class FitLog(Protocol):
     def artifact_image(self, name: str, image) -> None:
         """Store a PNG (a uint8 array [H, W] or [H, W, 3]) with the run."""
 
+    def warn(self, message: str) -> None:
+        """Record a warning about the fit with the run (a ``warning.*`` tag, shown with the cell's other
+        warnings), e.g. a regularising term that never moved (``lesionbench.regularisation``)."""
+
     def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
         """A trained part (e.g. a DDPM, a classifier) as a state dict, trained by ``train()`` only when no
         cache entry exists for (part, key, the data and split, the run seed). ``key`` holds the part's
@@ -86,6 +91,9 @@ class NullLog:
 
     def artifact_image(self, name, image):
         pass
+
+    def warn(self, message):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)  # outside the harness nobody else shows it
 
     def cached(self, part, key, train):
         return train()

@@ -249,6 +249,7 @@ class HarnessLog:
         self.parts_reused: list[str] = []
         self.objective, self.on_evaluate, self.on_step = objective, on_evaluate, on_step
         self.evaluations: list[tuple[int, float]] = []
+        self.warnings: list[str] = []  # the method's (log.warn), reported with the cell's
         self._last_step = -1
 
     def metric(self, name: str, value: float, step: int | None = None) -> None:
@@ -256,6 +257,11 @@ class HarnessLog:
             self.run.metric(f"train/{name}", value, step)
         if self.on_step is not None:
             self.on_step(f"step {step}: {name} {float(value):.4g}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.run is not None:
+            self.run.tag("warning." + stable_hash(message, 6), message[:500])
 
     def evaluate(self, step: int) -> float:
         scored, _ = predict_cases(self.method, self.val_cases, self.batch)
@@ -615,7 +621,7 @@ def run_cell(variant: Variant, dataset: PreparedDataset, split, split_path: Path
         else:
             val_eval, test_eval = val_scored, test_scored
         evaluation = M.evaluate(test_eval, val_eval)
-        result.warnings = list(evaluation.warnings)
+        result.warnings = [*log.warnings, *evaluation.warnings]
         if request.save_maps is not None:
             written = save_maps(dataset, test_cases, test_scored, Path(request.save_maps) / dataset.name / variant.label / f"seed{seed}")
             run.tag("maps_dir", str(written))
