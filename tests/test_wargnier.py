@@ -2,6 +2,7 @@
 what the constraint does to healthy attributions, what reaches training, and a run through the CLI."""
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -14,15 +15,15 @@ from lesionbench.methods.wargnier.networks import LogitMapClassifier
 torch.set_num_threads(2)
 
 
-def _toy_batch(n: int, size: int = 16, generator=None):
-    """One channel; a disc brain of noisy tissue; odd images carry a bright 3x3 lesion at a random place."""
+def _toy_batch(n: int, size: int = 16, generator=None, channels: int = 1, lesion: int = 3):
+    """A disc brain of noisy tissue; odd images carry a bright ``lesion`` x ``lesion`` square at a random place."""
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     brain = ((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 < (size / 2 - 1) ** 2).expand(n, size, size).clone()
-    x = (0.4 + 0.1 * torch.rand(n, 1, size, size, generator=generator)) * brain[:, None]
+    x = (0.4 + 0.1 * torch.rand(n, channels, size, size, generator=generator)) * brain[:, None]
     labels = torch.arange(n) % 2
     for i in range(1, n, 2):
-        r, c = torch.randint(size // 2 - 4, size // 2 + 2, (2,), generator=generator).tolist()
-        x[i, 0, r : r + 3, c : c + 3] = 0.9
+        r, c = torch.randint(size // 2 - size // 4, size // 2 + size // 8, (2,), generator=generator).tolist()
+        x[i, :, r : r + lesion, c : c + lesion] = 0.9
     return x, labels, brain
 
 
@@ -31,9 +32,9 @@ def test_the_constraint_has_non_zero_gradients_with_respect_to_the_weights():
     network = LogitMapClassifier(1, widths=(4, 8))
     x, labels, brain = _toy_batch(8)
     for kind in ("gradient", "input_x_gradient", "expected_gradients"):
-        for form in attr.CONSTRAINT_FORMS:
+        for form, scale in (("bce", "rms"), ("bce", "none"), ("squared", "none")):
             refs, alpha = x.flip(0), torch.full((8,), 0.5)
-            _, _, constraint = attr.constrained_loss(network.lesion_logit, x, labels, brain, 1.0, form, kind, refs, alpha)
+            _, _, constraint = attr.constrained_loss(network.lesion_logit, x, labels, brain, 1.0, form, kind, refs, alpha, scale)
             names, params = zip(*network.named_parameters())
             grads = torch.autograd.grad(constraint, params, allow_unused=True)
             # the last bias shifts the logit but not its gradient: the only weight the attribution ignores
@@ -52,12 +53,22 @@ def test_the_constraint_sees_brain_voxels_of_healthy_slices_only():
     b = a.clone()
     b[labels == 1] += 100.0
     b[:, :, ~brain[0]] -= 50.0
-    for form in attr.CONSTRAINT_FORMS:
-        assert torch.allclose(attr.attribution_constraint(a, brain, labels, form), attr.attribution_constraint(b, brain, labels, form))
+    for form, scale in (("bce", "rms"), ("bce", "none"), ("squared", "none")):
+        assert torch.allclose(attr.attribution_constraint(a, brain, labels, form, scale),
+                              attr.attribution_constraint(b, brain, labels, form, scale))
     # the authors' form is softplus(A) averaged; the squared form is the per-slice sum of A^2, averaged
-    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "bce"),
+    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "bce", "none"),
                           torch.nn.functional.softplus(a[:, 0][mask]).mean())
-    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "squared"), a[:, 0][mask].square().sum() / 2)
+    assert torch.allclose(attr.attribution_constraint(a, brain, labels, "squared", "none"), a[:, 0][mask].square().sum() / 2)
+    # ours (the default): each healthy slice's A divided by its rms over that slice's constrained voxels
+    rms = torch.stack([a[i, 0][brain[i]].square().mean().sqrt() for i in range(4)]).view(4, 1, 1)
+    assert torch.allclose(attr.attribution_constraint(a, brain, labels),
+                          torch.nn.functional.softplus((a[:, 0] / rms)[mask]).mean())
+    # the size of A does not matter to it, only its sign pattern; the authors' raw form sits at ln 2 for a tiny A
+    assert torch.allclose(attr.attribution_constraint(2e-9 * a, brain, labels), attr.attribution_constraint(a, brain, labels))
+    assert abs(float(attr.attribution_constraint(2e-9 * a, brain, labels, "bce", "none")) - math.log(2)) < 1e-6
+    with pytest.raises(ValueError, match="squared constraint"):
+        attr.attribution_constraint(a, brain, labels, "squared", "rms")
 
 
 def _train_toy(lam: float, form: str, steps: int = 200) -> float:
@@ -69,7 +80,8 @@ def _train_toy(lam: float, form: str, steps: int = 200) -> float:
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     for _ in range(steps):
         x, labels, brain = _toy_batch(16, generator=g)
-        loss, _, _ = attr.constrained_loss(network.lesion_logit, x, labels, brain, lam, form, "gradient")
+        # the authors' raw scale and loss: this toy network's attributions are O(1), where the forms act per voxel
+        loss, _, _ = attr.constrained_loss(network.lesion_logit, x, labels, brain, lam, form, "gradient", scale="none")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -116,9 +128,9 @@ def test_fit_sees_images_labels_and_brain_masks_only(monkeypatch):
     seen = []
     original = attr.attribution_constraint
 
-    def spy(attribution, brain_batch, labels_batch, form="bce"):
+    def spy(attribution, brain_batch, labels_batch, *options):
         seen.append((brain_batch.clone(), labels_batch.clone()))
-        return original(attribution, brain_batch, labels_batch, form)
+        return original(attribution, brain_batch, labels_batch, *options)
 
     monkeypatch.setattr(attr, "attribution_constraint", spy)
     config = Wargnier.make_config("smoke", {"widths": (4, 8), "max_steps": 6, "batch_size": 8, "eval_every": 3})
@@ -190,3 +202,65 @@ def test_map_channel_reductions():
         attr.anomaly_map(a, "mean")
     with pytest.raises(ValueError, match="map_channels"):
         Wargnier(Wargnier.make_config("smoke", {"map_channels": "max"}), "cpu", ("t1", "flair"))
+
+
+# -- the constraint binds at a realistic size (issue 19) -----------------------------------------------
+
+
+class _MetricLog(NullLog):
+    def __init__(self):
+        self.values, self.warnings = {}, []
+
+    def metric(self, name, value, step=None):
+        self.values.setdefault(name, []).append(float(value))
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def _healthy_positive_fraction(method, x, labels, brain) -> float:
+    a, _ = attr.gradient_attribution(method._logit_fn, x[labels == 0])
+    return float((a.permute(1, 0, 2, 3)[:, brain[labels == 0]] > 0).float().mean())
+
+
+@pytest.fixture(scope="module")
+def realistic():
+    """64 px, 4 channels, the quick profile's network and batch, 20 steps: the default wargnier, saliency, and the
+    authors' raw attribution scale with a fixed lambda = 1 (today's constraint before issue 19)."""
+    g = torch.Generator().manual_seed(0)
+    x, labels, brain = _toy_batch(48, size=64, generator=g, channels=4, lesion=6)
+    train = SliceSet(x, labels, brain, ("t1", "t1ce", "t2", "flair"))
+    held_out = _toy_batch(32, size=64, generator=g, channels=4, lesion=6)
+    out = {}
+    for name, cls, overrides in (("saliency", Saliency, {}), ("wargnier", Wargnier, {}),
+                                 ("authors_scale", Wargnier, {"constraint_scale": "none", "constraint_weighting": "fixed",
+                                                              "constraint_weight": 1.0})):
+        config = cls.make_config("quick", {"max_steps": 20, "eval_every": 0, "log_every": 2, **overrides})
+        torch.manual_seed(0)
+        method = cls(config, "cpu", train.modalities)
+        log = _MetricLog()
+        method.fit(train, train, log)
+        out[name] = (log, _healthy_positive_fraction(method, *held_out))
+    return out
+
+
+def test_the_default_constraint_makes_a_visible_part_of_every_update_and_moves(realistic):
+    log, _ = realistic["wargnier"]
+    shares = log.values["constraint_grad_share"]
+    assert len(shares) == 10 and min(shares) >= 0.1 - 1e-6, shares  # ||grad of the term|| / ||grad L_cls|| (issue 19: 2e-6)
+    curve = log.values["constraint"]
+    assert (max(curve) - min(curve)) / (sum(curve) / len(curve)) > 0.05, curve  # issue 19: flat at ln 2
+    assert log.warnings == []
+
+
+def test_the_default_constraint_leaves_fewer_healthy_attributions_positive_than_saliency(realistic):
+    _, saliency = realistic["saliency"]
+    _, wargnier = realistic["wargnier"]
+    assert wargnier <= 0.5 * saliency, (wargnier, saliency)
+
+
+def test_the_authors_scale_is_inert_at_this_size_and_the_run_is_warned(realistic):
+    log, _ = realistic["authors_scale"]
+    shares = sorted(log.values["constraint_grad_share"])
+    assert shares[len(shares) // 2] < 1e-2, shares  # the median step: the constraint is a negligible part of the update
+    assert [w for w in log.warnings if "'constraint' never moved" in w], log.warnings  # flat at ln 2

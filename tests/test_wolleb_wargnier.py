@@ -147,3 +147,33 @@ def test_variants_share_the_trained_parts_and_reusing_wolleb_s_ddpm_changes_no_n
     assert fused.data.tags.get("reused.ddpm") and not after["wolleb"].data.tags.get("reused.ddpm")
     for key in ("test/auprc", "test/dice_best"):
         assert fused.data.metrics[key] == alone["wolleb-wargnier[variant=fusion]"].data.metrics[key]
+
+
+def test_the_default_constraint_binds_on_the_quick_guiding_classifier_at_64_px():
+    """The quick profile's noise-conditioned classifier at 64 px, one constrained step: the constraint makes at least
+    a tenth of the update (its logged gradient share), where the authors' raw attribution scale with lambda = 1 makes
+    a negligible part of it (issue 19: < 1 %)."""
+    train, _ = brains(16, size=64)
+    shares = {}
+    for name, overrides in (("default", {}), ("authors_scale", {"constraint_scale": "none", "constraint_weighting": "fixed",
+                                                                "constraint_weight": 1.0})):
+        config = WollebWargnier.make_config("quick", {"classifier_steps": 1, "classifier_batch_size": 8, "log_every": 1, **overrides})
+        method = WollebWargnier(config, "cpu", MODALITIES)
+        torch.manual_seed(0)
+        x = method._to_network_input(train.images).cpu()
+        method._build(x.shape[1:])
+        _, key = method._part_keys()
+        schedule = Schedule(1, 8, config.classifier_lr, log_every=1, max_t=config.classifier_max_t)
+        log = _MetricLog()
+        method._classifier_part(train, x, train.labels.long(), key, schedule, log)
+        shares[name] = log.values["classifier_constraint_grad_share"]
+    assert len(shares["default"]) == 1 and shares["default"][0] >= 0.1 - 1e-6, shares
+    assert max(shares["authors_scale"]) < 1e-2, shares
+
+
+class _MetricLog(NullLog):
+    def __init__(self):
+        self.values = {}
+
+    def metric(self, name, value, step=None):
+        self.values.setdefault(name, []).append(float(value))

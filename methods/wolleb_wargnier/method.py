@@ -14,8 +14,13 @@ each its own row):
 - ``guidance``: the noise-conditioned classifier that guides the DDIM decoding is trained with the attribution
   constraint. Its lesion logit is f(x_t, t) = logit_lesion - logit_healthy (the log-odds of the two-class
   head); on the healthy slices of each batch, the plain gradient A = d f / d x_t (the paper's default
-  attribution) is constrained on the brain voxels with the paper's BCE form (A <= 0) or the squared form
-  (A -> 0), weight ``constraint_weight``, by double backpropagation, at the batch's noise levels t ~ U[0, T).
+  attribution) is constrained on the brain voxels with the paper's BCE form (A <= 0) or the authors' squared
+  form (A -> 0), by double backpropagation, at the batch's noise levels t ~ U[0, T). As in ``wargnier`` (issue 19:
+  with the authors' scale the constraint made < 1 % of this classifier's gradient), by default each healthy
+  slice's A is divided by its rms (``constraint_scale = "rms"``) and the constraint's gradient is capped at
+  ``constraint_weight`` x the cross-entropy's (``constraint_weighting = "capped_share"``; its weight re-estimated at
+  step 1 and every ``log_every`` steps, where ``train/classifier_constraint_grad_share`` is logged); ``"fixed"``
+  with scale ``"none"`` is the paper's objective.
   Map = |x - x_hat| summed over channels, as ``wolleb``.
 - ``masked``: as ``guidance``, and the constrained classifier's attribution map at t = 0 decides where the
   decoding may change the image: m = clamp(a / a_q, 0, 1), widened by a max filter of radius
@@ -42,15 +47,18 @@ t = 0, the soft mask and its dilation (Dif-fuse thresholds and dilates its salie
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lesionbench.method import SliceSet
+from lesionbench.regularisation import TermWatch
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wolleb.method import HEALTHY, LESION, Wolleb, WollebConfig
 from lesionbench.methods.wolleb.networks import pad_to_multiple
+from lesionbench.methods.wargnier.method import CONSTRAINT_WEIGHTINGS
 from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier
 
 VARIANTS = ("guidance", "masked", "fusion")
@@ -62,8 +70,12 @@ BACKGROUND = -1.0  # the background value of images scaled to [-1, 1]
 class WollebWargnierConfig(WollebConfig):
     variant: str = "guidance"  # "guidance", "masked" or "fusion" (module docstring)
     # the constraint on the guiding classifier (Wargnier-Dauchelle et al.; the plain gradient, on x_t)
-    constraint_weight: float = 1.0  # lambda
-    constraint: str = "bce"  # "bce" (the authors': A <= 0) or "squared" (ours: A -> 0)
+    constraint_weight: float = 0.1  # lambda (capped_share: the constraint's largest share of an update; wargnier's)
+    constraint: str = "bce"  # "bce" (the authors': A <= 0) or "squared" (the authors' "ross": A -> 0)
+    constraint_scale: str = "rms"  # bce: "rms" (ours: A / rms(A) per healthy slice, so it binds) or "none" (the authors')
+    # "fixed": loss = CE + lambda C (the paper's); "capped_share" (ours): CE + w C, w = min(1, lambda ||grad CE|| /
+    # ||grad C||) re-estimated at step 1 and every log_every steps (C's gradient at most lambda x CE's)
+    constraint_weighting: str = "capped_share"
     # the attribution map at t = 0 (masked, fusion)
     map_attribution: str = "input_x_gradient"  # against the background -1, or "gradient"
     mask_dilation: int = 1  # masked: max-filter radius of the mask, px
@@ -72,7 +84,7 @@ class WollebWargnierConfig(WollebConfig):
     scale_slices: int = 32  # training slices the scales are measured on
 
 
-_CONSTRAINT_KEYS = ("constraint_weight", "constraint")
+_CONSTRAINT_KEYS = ("constraint_weight", "constraint", "constraint_scale", "constraint_weighting")
 
 
 class WollebWargnier(Wolleb):
@@ -89,12 +101,16 @@ class WollebWargnier(Wolleb):
         c = config
         if c.variant not in VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {VARIANTS}, not {c.variant!r}")
-        if c.constraint not in attr.CONSTRAINT_FORMS:
-            raise ValueError(f"{self.name}: constraint must be one of {attr.CONSTRAINT_FORMS}, not {c.constraint!r}")
+        try:
+            attr.check_constraint(c.constraint, c.constraint_scale)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
         if c.map_attribution not in MAP_ATTRIBUTIONS:
             raise ValueError(f"{self.name}: map_attribution must be one of {MAP_ATTRIBUTIONS}, not {c.map_attribution!r}")
         if c.constraint_weight < 0:
             raise ValueError(f"{self.name}: constraint_weight must be >= 0")
+        if c.constraint_weighting not in CONSTRAINT_WEIGHTINGS:
+            raise ValueError(f"{self.name}: constraint_weighting must be one of {CONSTRAINT_WEIGHTINGS}, not {c.constraint_weighting!r}")
         if not 0.0 <= c.fusion_weight <= 1.0:
             raise ValueError(f"{self.name}: fusion_weight must lie in [0, 1], not {c.fusion_weight}")
         if not 0.0 < c.scale_quantile <= 1.0 or c.scale_slices < 1 or c.mask_dilation < 0:
@@ -105,7 +121,7 @@ class WollebWargnier(Wolleb):
     def search_space(cls, trial):
         space = dict(Wolleb.search_space(trial))
         space["variant"] = trial.suggest_categorical("variant", list(VARIANTS))  # one study compares the variants
-        space["constraint_weight"] = trial.suggest_float("constraint_weight", 0.1, 10.0, log=True)
+        space["constraint_weight"] = trial.suggest_float("constraint_weight", 0.05, 1.0, log=True)  # capped_share: a share
         space["mask_dilation"] = trial.suggest_int("mask_dilation", 0, 3)
         space["fusion_weight"] = trial.suggest_float("fusion_weight", 0.1, 0.9)
         return space
@@ -117,11 +133,35 @@ class WollebWargnier(Wolleb):
         brain = self._padded_brain(train.brain)
         key = {**key, **{k: getattr(c, k) for k in _CONSTRAINT_KEYS}}
 
-        def constraint(network, x_t, t, y, index):
-            return noisy_attribution_constraint(network, x_t, t, y, brain[index].to(self.device), c.constraint_weight, c.constraint)
+        watch = TermWatch("classifier_constraint")
+        steps = itertools.count(1)
+        capped = c.constraint_weighting == "capped_share"
+        weight = [1.0 if capped else c.constraint_weight]  # capped: set at step 1, then every log_every steps
 
-        return log.cached("constrained_classifier", key, lambda: train_classifier(
-            self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, "classifier", constraint))
+        def constraint(network, x_t, t, y, index):
+            step = next(steps)
+            term = noisy_attribution_constraint(network, x_t, t, y, brain[index].to(self.device), c.constraint_weight,
+                                                c.constraint, c.constraint_scale)
+            if term is None:
+                return None
+            unweighted = term / c.constraint_weight
+            logged = step % schedule.log_every == 0  # train_classifier logs the term itself at these steps
+            if logged or (capped and step == 1):
+                raw = classifier_gradient_share(network, x_t, t, y, unweighted)  # ||grad C|| / ||grad CE||
+                if capped:
+                    weight[0] = min(1.0, c.constraint_weight / raw) if raw > 0 else 1.0
+                if logged:
+                    log.metric("classifier_constraint_grad_share", weight[0] * raw, step)  # ||lambda grad C|| / ||grad CE||
+                    watch.record(unweighted.item(), weight[0] * raw)
+            return weight[0] * unweighted
+
+        def train():
+            state = train_classifier(self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, "classifier",
+                                     constraint)
+            watch.check(log)
+            return state
+
+        return log.cached("constrained_classifier", key, train)
 
     def _padded_brain(self, brain: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(brain.float().unsqueeze(1), self._multiple(), value=0.0).squeeze(1) > 0.5
@@ -204,11 +244,12 @@ class WollebWargnier(Wolleb):
 
 
 def noisy_attribution_constraint(network, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, brain: torch.Tensor,
-                                 weight: float, form: str = "bce") -> torch.Tensor | None:
+                                 weight: float, form: str = "bce", scale: str = "rms") -> torch.Tensor | None:
     """weight x the attribution constraint of Wargnier-Dauchelle et al. on a noise-conditioned classifier
     ``network(x_t, t) -> [B, 2]``: the plain gradient of the lesion logit (logit_lesion - logit_healthy) with
     respect to x_t, on the brain voxels of the healthy slices (labels 0) only, kept differentiable with respect to
-    the weights (double backpropagation). None when the weight is 0 or the batch holds no healthy slice."""
+    the weights (double backpropagation); ``scale`` as in ``attr.attribution_constraint`` ("rms": each healthy
+    slice's attributions divided by their rms, ours). None when the weight is 0 or the batch holds no healthy slice."""
     healthy = labels == HEALTHY
     if weight == 0 or not bool(healthy.any()):
         return None
@@ -220,7 +261,20 @@ def noisy_attribution_constraint(network, x_t: torch.Tensor, t: torch.Tensor, la
         return logits[:, LESION] - logits[:, HEALTHY]
 
     a, _ = attr.gradient_attribution(lesion_logit, x_t[healthy], create_graph=True)
-    return weight * attr.attribution_constraint(a, brain[healthy], labels[healthy], form)
+    return weight * attr.attribution_constraint(a, brain[healthy], labels[healthy], form, scale)
+
+
+def classifier_gradient_share(network, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, term: torch.Tensor) -> float:
+    """||grad term|| / ||grad cross-entropy|| on the weights, the cross-entropy recomputed on the same (x_t, t, labels)
+    as ``train_classifier``'s; ``term``'s graph is kept for the training step's own backward pass."""
+    params = [p for p in network.parameters() if p.requires_grad]
+    with autocast(x_t.device):
+        logits = network(x_t, t).float()
+    g_cls = torch.autograd.grad(F.cross_entropy(logits, labels), params, allow_unused=True)
+    g_term = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    norm = lambda gs: float(torch.sqrt(sum(g.float().square().sum() for g in gs if g is not None)))  # noqa: E731
+    main = norm(g_cls)
+    return norm(g_term) / main if main > 0 else float("inf")
 
 
 def _scale(values: torch.Tensor, q: float) -> float:
