@@ -42,7 +42,8 @@ key holds the classifier's and the constraint's hyperparameters, not the variant
 
 Ours, not the papers': the constraint on noisy inputs x_t (Wargnier-Dauchelle et al. constrain a classifier
 of clean images), the log-odds as the lesion logit, the attribution map of a noise-conditioned classifier at
-t = 0, the soft mask and its dilation (Dif-fuse thresholds and dilates its saliency map), the scales.
+t = 0, the soft mask and its dilation (Dif-fuse thresholds and dilates its saliency map), the scales, and (as in
+``wargnier``) the constraint's rms attribution scale and its capped gradient share.
 """
 
 from __future__ import annotations
