@@ -165,7 +165,9 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
                       wide: bool = False) -> None:
     from rich.console import Console
 
-    from lesionbench.leaderboard.tables import DEFAULT_METRICS, LeaderboardError, load_runs, render, rich_table
+    from lesionbench.leaderboard import LeaderboardError
+    from lesionbench.leaderboard.formats import render
+    from lesionbench.leaderboard.tables import DEFAULT_METRICS, load_runs, rich_table
 
     metrics = metrics or DEFAULT_METRICS
     runs = load_runs(uri, experiment)
@@ -228,7 +230,7 @@ def run_and_report(request, plugins, metrics=None) -> int:
     skipped = sum(r.status == "skipped" for r in results)
     console.print(f"{done} cells run, {skipped} skipped (already finished; --force re-runs), {len(failed)} failed")
     if done + skipped:
-        from lesionbench.leaderboard.tables import LeaderboardError
+        from lesionbench.leaderboard import LeaderboardError
 
         names = sorted({r.dataset for r in results if r.status != "failed"})
         try:
@@ -401,7 +403,7 @@ def cmd_check_data(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from lesionbench.config import ConfigError
-    from lesionbench.leaderboard.tables import LeaderboardError
+    from lesionbench.leaderboard import LeaderboardError
     from lesionbench.plugins import PluginError, UnknownNameError
     from lesionbench.volume import DataError
 

@@ -25,6 +25,7 @@ from urllib.request import url2pathname
 import numpy as np
 import pandas as pd
 
+from lesionbench.leaderboard import LeaderboardError
 from lesionbench.leaderboard import statistics as S
 from lesionbench.leaderboard.rescoring import PER_VOLUME_KEY, RESCORABLE, THRESHOLDS, VOLUME_MEANS, RunScores
 
@@ -85,10 +86,6 @@ DEFINITIONS = {
     "fit_s": TIMING,
     "predict_ms": TIMING,
 }
-
-
-class LeaderboardError(ValueError):
-    pass
 
 
 def load_runs(tracking_uri: str, experiment: str = "lesionbench") -> pd.DataFrame:
@@ -811,25 +808,6 @@ def render_csv(lb: Leaderboard) -> str:
     pooled = pooled[["label", "method", "dataset", "seed", "volume", "metric", "value"]]
     frames = [pooled] + ([lb.per_volume] if lb.per_volume is not None and len(lb.per_volume) else [])
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
-
-
-FORMATS = ("table", "md", "latex", "csv", "html")
-
-
-def render(runs: pd.DataFrame, fmt: str = "md", metrics=DEFAULT_METRICS, datasets=None, n_resamples: int = 1000,
-           bootstrap_seed: int = 0) -> str:
-    if fmt not in FORMATS:
-        raise LeaderboardError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    lb = build_leaderboard(runs, metrics, datasets, n_resamples, bootstrap_seed)
-    if fmt == "csv":
-        return render_csv(lb)
-    if fmt == "latex":
-        return render_latex(lb)
-    if fmt == "html":
-        from lesionbench.leaderboard.report import render_html
-
-        return render_html(lb)
-    return render_markdown(lb)
 
 
 def rich_table(runs: pd.DataFrame, metrics=DEFAULT_METRICS, datasets=None, n_resamples: int = 1000, bootstrap_seed: int = 0,

@@ -20,6 +20,7 @@ from lesionbench import metrics as M
 from lesionbench.cli import main
 from lesionbench.figures import grid_tiles, qualitative_grid
 from lesionbench.leaderboard import statistics as S
+from lesionbench.leaderboard.formats import render
 from lesionbench.leaderboard.rescoring import RunScores, lesion_size_table
 from lesionbench.leaderboard.tables import (
     COLUMNS,
@@ -29,7 +30,6 @@ from lesionbench.leaderboard.tables import (
     cell,
     data_line,
     load_runs,
-    render,
     render_csv,
     render_latex,
     render_markdown,
