@@ -14,19 +14,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lesionbench.config import ConfigError, stable_hash
+from lesionbench.cell import Cell, CellResult, run_cell
+from lesionbench.config import stable_hash
+from lesionbench.grid import plan_grid
+from lesionbench.planning import RunRequest
 from lesionbench.plugins import Plugins
-from lesionbench.runner import (
-    CellResult,
-    RunRequest,
-    cell_hash,
-    check_workdir,
-    explicit_data_keys,
-    plan,
-    prepare_datasets,
-    resolve_device,
-    run_cell,
-)
 from lesionbench.storage import (
     check_study_spec,
     create_once,
@@ -36,7 +28,6 @@ from lesionbench.storage import (
     open_storage,
     pop_waiting_trial,
 )
-from lesionbench.volume import DataError
 
 
 def run_shared_grid(request: RunRequest, plugins: Plugins, console,
@@ -45,30 +36,12 @@ def run_shared_grid(request: RunRequest, plugins: Plugins, console,
     from optuna.trial import TrialState
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lesionbench.tracking import Tracker, default_tracking_uri, git_commit
-
-    profile, data, variants, dataset_classes = plan(request, plugins)
-    workdir = check_workdir(request.workdir)
-    device = resolve_device(request.device)
-    uri = request.tracking_uri or default_tracking_uri(workdir)
-    eval_space = "native" if request.eval_native else "resampled"
-    explicit = explicit_data_keys(request)
-    commit = git_commit()
+    grid = plan_grid(request, plugins)
     results: list[CellResult] = []
-
-    cells: dict[str, tuple] = {}  # cell hash -> what run_cell needs
-    for spec, dcls in zip(request.datasets, dataset_classes):
-        try:
-            prepared = prepare_datasets(spec, dcls, data, request, workdir, explicit, console)
-        except (DataError, ConfigError) as exc:  # this dataset's cells are not queued
-            console.print(f"[red]dataset {dcls.name}: {exc}[/red]")
-            results += [CellResult(v.label, dcls.name, seed, "failed", error=str(exc)) for v in variants for seed in request.seeds
-                        for _ in range(max(request.folds, 1))]
-            continue
-        for dataset, split, split_path in prepared:  # one split, or one per cross-validation fold
-            for variant in variants:
-                for seed in request.seeds:
-                    cells[cell_hash(variant, dataset, split, seed, eval_space)] = (variant, dataset, split, split_path, seed)
+    cells: dict[str, Cell] = {}  # cell hash -> the cell
+    for prepared, failed in grid.datasets(console):  # a dataset that cannot be prepared has no cell queued
+        results += failed
+        cells.update((cell.key, cell) for cell in prepared)
     if not cells:
         return results
 
@@ -76,9 +49,9 @@ def run_shared_grid(request: RunRequest, plugins: Plugins, console,
     name = request.study or f"grid-{grid_hash}"
     tracker_box: list = []
 
-    def tracker() -> Tracker:
+    def tracker():
         if not tracker_box:
-            tracker_box.append(Tracker(uri, request.experiment, workdir / "artifacts"))
+            tracker_box.append(grid.tracker())
         return tracker_box[0]
 
     def close_stale_run(study, trial) -> None:
@@ -92,8 +65,9 @@ def run_shared_grid(request: RunRequest, plugins: Plugins, console,
     def enqueue(study) -> int:
         study.set_user_attr("spec", {"grid": grid_hash})
         tracker()  # the MLflow store is created here, before the other workers open it
-        for cell, (variant, dataset, _, _, seed) in cells.items():
-            study.enqueue_trial({}, user_attrs={"cell": cell, "label": variant.label, "dataset": dataset.name, "seed": seed})
+        for key, cell in cells.items():
+            study.enqueue_trial({}, user_attrs={"cell": key, "label": cell.variant.label, "dataset": cell.dataset.name,
+                                                "seed": cell.seed})
         return len(cells)
 
     storage = open_storage(request.storage, request.heartbeat, on_stale=close_stale_run)
@@ -113,24 +87,21 @@ def run_shared_grid(request: RunRequest, plugins: Plugins, console,
             if trial is None:
                 break
             taken += 1
-            cell = trial.user_attrs["cell"]
-            variant, dataset, split, split_path, seed = cells[cell]
-            where = f"{variant.label} / {dataset.name} / seed {seed}"
+            cell = cells[trial.user_attrs["cell"]]
             with heartbeat(storage, trial._trial_id):
-                finished = None if request.force else tracker().finished_run(cell)
+                finished = None if request.force else tracker().finished_run(cell.key)
                 if finished is not None:
-                    result = CellResult(variant.label, dataset.name, seed, "skipped", finished.info.run_id)
+                    result = CellResult(cell.variant.label, cell.dataset.name, cell.seed, "skipped", finished.info.run_id)
                 else:
-                    progress.update(bar, description=where, status="")
+                    progress.update(bar, description=cell.where, status="")
                     result = run_cell(
-                        variant, dataset, split, split_path, seed, cell, tracker(), device, profile, request, commit,
-                        eval_space, on_step=lambda s: progress.update(bar, status=s),
-                        on_start=lambda run_id: storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id),
+                        cell, grid.harness(tracker()), on_step=lambda s: progress.update(bar, status=s),
+                        on_start=lambda run: storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run.run_id),
                     )
                     if result.status == "failed":
-                        console.print(f"[red]cell {where} failed: {result.error}[/red]")
+                        console.print(f"[red]cell {cell.where} failed: {result.error}[/red]")
                     for message in result.warnings:
-                        console.print(f"[yellow]{where}: {message}[/yellow]")
+                        console.print(f"[yellow]{cell.where}: {message}[/yellow]")
             storage.set_trial_user_attr(trial._trial_id, "status", result.status)
             if result.run_id:
                 storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", result.run_id)

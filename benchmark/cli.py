@@ -201,7 +201,7 @@ def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, ou
 
 
 def cmd_run(args) -> int:
-    from lesionbench.runner import RunRequest
+    from lesionbench.planning import RunRequest
 
     plugins = _plugins(args)
     request = RunRequest(
@@ -267,7 +267,7 @@ def _tune_argv(args) -> list[str]:
 def cmd_tune(args) -> int:
     from rich.console import Console
 
-    from lesionbench.runner import RunRequest
+    from lesionbench.planning import RunRequest
     from lesionbench.storage import display_url
     from lesionbench.tuning import Tuner, TuneRequest, cpu_threads_per_worker, spawn_workers, summary_table, worker_devices
 
@@ -343,8 +343,9 @@ def cmd_check_data(args) -> int:
     from rich.table import Table
 
     from lesionbench.config import parse_set, resolve_data_config
+    from lesionbench.planning import resolve_dataset
+    from lesionbench.preparation import data_for_dataset, make_adapter
     from lesionbench.preprocessing import Geometry
-    from lesionbench.runner import data_for_dataset, make_adapter, resolve_dataset
     from lesionbench.volume import DataError
 
     plugins = _plugins(args)

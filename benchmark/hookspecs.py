@@ -38,4 +38,5 @@ def lesionbench_register_methods(registry):
 
 @hookspec
 def lesionbench_register_datasets(registry):
-    """Add :class:`lesionbench.volume.DatasetAdapter` subclasses with ``registry.add(cls)``."""
+    """Add :class:`lesionbench.volume.DatasetAdapter` subclasses with ``registry.add(cls)``; after
+    ``registry.add_loader(".toml", fn)``, ``--datasets FILE.toml`` is the adapter class ``fn(FILE.toml)``."""

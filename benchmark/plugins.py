@@ -41,6 +41,7 @@ class Registry:
         self.kind = kind
         self._items: dict[str, type] = {}
         self._origin: dict[str, str] = {}
+        self._loaders: dict[str, object] = {}  # file suffix -> a function making a class from such a file
         self.current_plugin = "?"  # set while a plugin's hook runs, for error messages
 
     def add(self, cls: type) -> type:
@@ -61,6 +62,19 @@ class Registry:
             return self._items[name]
         except KeyError:
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}") from None
+
+    def add_loader(self, suffix: str, loader) -> None:
+        """Files ending in ``suffix`` name a class made by ``loader(path)`` (``--datasets my-data.toml``)."""
+        if suffix in self._loaders:
+            raise PluginError(f"plugin {self.current_plugin}: a {self.kind} loader for {suffix!r} files is already registered")
+        self._loaders[suffix] = loader
+
+    def get_or_load(self, spec: str) -> type:
+        """A registered name, or a file a registered loader reads."""
+        for suffix, loader in self._loaders.items():
+            if spec.endswith(suffix):
+                return loader(spec)
+        return self.get(spec)
 
     def origin(self, name: str) -> str:
         return self._origin[name]

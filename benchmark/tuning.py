@@ -20,33 +20,18 @@ import re
 import socket
 import subprocess
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lesionbench import metrics as M
+from lesionbench.cell import Cell, Harness, cell_hash, cell_params, cell_tags, run_cell
 from lesionbench.config import ConfigError, config_dict, stable_hash
+from lesionbench.fitlog import SLICE_LEVEL_OBJECTIVES, VAL_OBJECTIVES
 from lesionbench.method import Method
+from lesionbench.planning import RunRequest, Variant, check_workdir, explicit_data_keys, plan, resolve_device, variant_label
 from lesionbench.plugins import Plugins
-from lesionbench.runner import (
-    SLICE_LEVEL_OBJECTIVES,
-    HarnessLog,
-    RunRequest,
-    Variant,
-    cell_hash,
-    cell_params,
-    cell_tags,
-    check_workdir,
-    explicit_data_keys,
-    plan,
-    predict_cases,
-    prepare_dataset,
-    resolve_device,
-    variant_label,
-)
-from lesionbench.seeding import seed_everything
+from lesionbench.preparation import prepare_dataset
 from lesionbench.splits import split_hash
 from lesionbench.storage import (
     check_study_spec,
@@ -61,8 +46,6 @@ from lesionbench.storage import (
 )
 from lesionbench.volume import DataError
 
-#: Validation metrics a study may maximise (keys of metrics.evaluate_split).
-VAL_OBJECTIVES = ("auprc", "auroc", "dice_best", "slice_auroc", "slice_ap")
 PRUNERS = ("median", "none")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -274,6 +257,9 @@ class Tuner:
             self.tracker = Tracker(uri, self.request.experiment, self.workdir / "artifacts")
         return self.tracker
 
+    def _harness(self) -> Harness:
+        return Harness(self._tracker(), self.device, self.profile, self.run_request, self.commit)
+
     def _tags(self, run_kind: str) -> dict[str, Any]:
         tags = cell_tags(self.variant, self.dataset, self.request.seed, self.profile, self.run_request, self.commit,
                          self.device, run_kind)
@@ -322,6 +308,7 @@ class Tuner:
 
     # -- one trial ------------------------------------------------------------------------------
     def objective_fn(self, trial, on_step=None) -> float:
+        """One trial: the cell pipeline on the trial's config, validation only; the objective's value."""
         import optuna
 
         cls, request = self.cls, self.request
@@ -332,64 +319,44 @@ class Tuner:
         trial.set_user_attr("worker", self.worker)
         tags = self._tags("trial")
         tags["optuna_trial_number"] = trial.number
-        tags["cell"] = cell_hash(Variant(cls, self.variant.label, overrides, config), self.dataset, self.split,
-                                 request.seed, "resampled")
         if retried_from(trial) is not None:
             tags["optuna_retry_of"] = retried_from(trial)
-        run = self._tracker().start(f"{self.variant.label}/{self.dataset.name}/trial{trial.number}", tags,
-                                    cell_params(cls, config, self.dataset, self.split, self.objective),
-                                    parent_run_id=self.study_run_id)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        try:
-            return self._fit_and_validate(trial, run, config, on_step)
-        except optuna.TrialPruned:
-            raise
-        except BaseException as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("error", message[:1000])
-            run.tag("error", message[:5000])
-            if not isinstance(exc, Exception):  # interrupted: Optuna calls no callback
-                run.tag("optuna_state", "FAIL")
-                run.finish("KILLED")
-            raise
+        cell = Cell(Variant(cls, self.variant.label, overrides, config), self.dataset, self.split, self.split_path,
+                    request.seed)
 
-    def _fit_and_validate(self, trial, run, config, on_step) -> float:
-        import optuna
-
-        cls, dataset, seed = self.cls, self.dataset, self.request.seed
-        seed_everything(seed)
-        method = cls(config, device=self.device, modalities=dataset.modalities)
-        train = dataset.slice_set("train", cls.supervision)
-        val = dataset.slice_set("val", cls.supervision)
-        if len(train) == 0:
-            raise DataError(f"dataset {dataset.name}: no training slices for a {cls.supervision.value}-supervised method")
-        val_cases = dataset.val_cases()
-
-        def report(step: int, value: float) -> None:
+        def report(step: int, value: float) -> None:  # log.evaluate's values feed the pruner
             if math.isnan(value):
                 return
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"step {step}: val/{self.objective} {value:.4f}")
 
-        log = HarnessLog(run, method, val_cases, dataset.data.predict_batch, self.objective, on_evaluate=report,
-                         on_step=on_step, parts_dir=self.workdir / "parts",
-                         parts_key=[dataset.preprocessing, split_hash(self.split), seed, str(self.device.type)])
-        t0 = time.perf_counter()
-        method.fit(train, val, log)
-        fit_s = time.perf_counter() - t0
-        seed_everything(seed)  # as in `run`: the same seed and config give the same validation numbers
-        scored, _ = predict_cases(method, val_cases, dataset.data.predict_batch)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            values = M.evaluate_split(scored)
-        for w in caught:
-            run.tag("warning." + stable_hash(str(w.message), 6), f"validation: {w.message}"[:500])
-        run.metrics({**{f"val/{k}": v for k, v in values.items() if k in VAL_OBJECTIVES}, "time/fit_s": fit_s})
-        value = float(values[self.objective])
+        started = []
+
+        def on_start(run) -> None:
+            started.append(run)
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+
+        try:
+            result = run_cell(cell, self._harness(), run_kind="trial", evaluate_test=False,
+                              run_name=f"{self.variant.label}/{self.dataset.name}/trial{trial.number}", extra_tags=tags,
+                              parent_run_id=self.study_run_id, on_evaluate=report, on_step=on_step, on_start=on_start,
+                              raise_errors=True)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", message[:1000])
+            for run in started:
+                run.tag("error", message[:5000])
+                if not isinstance(exc, Exception):  # interrupted: Optuna calls no callback
+                    run.tag("optuna_state", "FAIL")
+                    run.finish("KILLED")
+            raise
+        value = float(result.metrics[f"val/{self.objective}"])
         if math.isnan(value):
             trial.set_user_attr("error", f"val/{self.objective} is undefined on this validation split "
-                                         f"({'; '.join(str(w.message) for w in caught) or 'NaN'})"[:1000])
+                                         f"({'; '.join(result.warnings) or 'NaN'})"[:1000])
         return value
 
     # -- the worker loop ------------------------------------------------------------------------

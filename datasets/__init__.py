@@ -7,7 +7,7 @@ from lesionbench import hookimpl
 def lesionbench_register_datasets(registry):
     from lesionbench.datasets.synthetic import SynthMS, SynthTumor
 
-    from lesionbench.datasets.layout import BraTS, Nifti, OpenMS, shipped_layouts
+    from lesionbench.datasets.layout import BraTS, Nifti, OpenMS, nifti_dataset, shipped_layouts
 
     registry.add(SynthTumor)
     registry.add(SynthMS)
@@ -16,3 +16,4 @@ def lesionbench_register_datasets(registry):
     registry.add(Nifti)
     for layout in shipped_layouts():  # the example layout files, by name (brats2013-deepmedic, ...)
         registry.add(layout)
+    registry.add_loader(".toml", nifti_dataset)  # --datasets my-data.toml: a layout file of one's own

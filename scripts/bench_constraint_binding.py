@@ -96,7 +96,7 @@ def noise_conditioned(args, dataset, train, val, parse) -> None:
     from lesionbench.methods.wolleb.sampling import q_sample
     from lesionbench.methods.wolleb.training import Schedule
     from lesionbench.methods.wolleb_wargnier.method import WollebWargnier
-    from lesionbench.runner import HarnessLog
+    from lesionbench.fitlog import HarnessLog
     from lesionbench.seeding import seed_everything
     from sklearn.metrics import roc_auc_score
 
@@ -175,7 +175,7 @@ def main() -> None:
     from lesionbench.datasets.synthetic import SynthTumor
     from lesionbench.method import Supervision
     from lesionbench.pipeline import PreparedDataset
-    from lesionbench.runner import HarnessLog
+    from lesionbench.fitlog import HarnessLog
     from lesionbench.seeding import seed_everything
     from lesionbench.splits import make_split
 

@@ -112,8 +112,9 @@ def quality(device: torch.device, strides: list[int], workdir: str | None, val_c
     from lesionbench.config import resolve_data_config
     from lesionbench.datasets.synthetic import SynthTumor
     from lesionbench.method import Supervision
+    from lesionbench.fitlog import HarnessLog
     from lesionbench.pipeline import PreparedDataset
-    from lesionbench.runner import HarnessLog, predict_cases
+    from lesionbench.prediction import predict_cases
     from lesionbench.seeding import seed_everything
     from lesionbench.splits import make_split, split_hash
 

@@ -2,7 +2,7 @@ import pytest
 
 from lesionbench.config import ConfigError, DataConfig, parse_set, resolve_data_config, sweep_overrides
 from lesionbench.methods.vae.method import VAE
-from lesionbench.runner import method_variants
+from lesionbench.planning import method_variants
 
 
 def test_set_values_are_typed_and_commas_sweep():

@@ -56,7 +56,7 @@ def test_a_term_that_never_moves_is_warned_about_and_a_moving_one_is_not():
 
 
 def test_the_harness_log_keeps_the_method_s_warning_as_a_run_tag():
-    from lesionbench.runner import HarnessLog
+    from lesionbench.fitlog import HarnessLog
 
     class Run:
         def __init__(self):

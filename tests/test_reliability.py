@@ -23,7 +23,9 @@ from lesionbench.datasets.layout import BraTS, nifti_dataset
 from lesionbench.filenames import safe_name
 from lesionbench.pipeline import PreparedDataset
 from lesionbench.plugins import PluginError, load_plugins
-from lesionbench.runner import HarnessLog, RunRequest, run_grid
+from lesionbench.fitlog import HarnessLog
+from lesionbench.planning import RunRequest
+from lesionbench.runner import run_grid
 from lesionbench.splits import read_split
 from lesionbench.tracking import Tracker
 from lesionbench.volume import DataError, Volume

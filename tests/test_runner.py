@@ -14,7 +14,9 @@ from mlflow.tracking import MlflowClient
 from conftest import SpyMethod, ToyAdapter
 from lesionbench.cli import main
 from lesionbench.method import SliceSet
-from lesionbench.runner import HarnessLog, RunRequest, run_grid
+from lesionbench.fitlog import HarnessLog
+from lesionbench.planning import RunRequest
+from lesionbench.runner import run_grid
 from lesionbench.tracking import RUN_TAGS
 
 METRIC_KEYS = ["auprc", "auroc", "dice_best", "dice_val", "dice_val_vol_mean", "dice_val_vol_std", "dice_fpr5", "slice_auroc", "slice_ap"]
@@ -249,7 +251,7 @@ def test_workers_starting_together_can_all_check_the_shared_workdir(tmp_path):
     # delete another's probe ("cannot write to workdir ...: No such file or directory")
     from concurrent.futures import ThreadPoolExecutor
 
-    from lesionbench.runner import check_workdir
+    from lesionbench.planning import check_workdir
 
     def check_many(_):
         for _ in range(300):

@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from lesionbench.config import ConfigError, resolve_data_config
 from lesionbench.datasets.synthetic import SynthMS, SynthTumor
 from lesionbench.pipeline import lesion_loads
-from lesionbench.runner import RunRequest, data_for_dataset, dataset_splits, make_adapter, run_grid
+from lesionbench.planning import RunRequest
+from lesionbench.preparation import data_for_dataset, dataset_splits, make_adapter
+from lesionbench.runner import run_grid
 from lesionbench.splits import make_folds, make_split, strata
 
 
