@@ -148,7 +148,7 @@ def run_cell(cell: Cell, harness: Harness, *, run_kind: str = "run", evaluate_te
         on_start(run)
     try:
         seed_everything(seed)
-        method = cls(variant.config, device=harness.device, modalities=dataset.modalities)
+        method = cls(variant.config, device=harness.device, modalities=dataset.modalities, seed=seed)
         train = dataset.slice_set("train", cls.supervision)
         val = dataset.slice_set("val", cls.supervision)
         if len(train) == 0:

@@ -120,8 +120,8 @@ class Method(abc.ABC):
     #: hyperparameters whose values are part of the default row label, ``name[key=value]`` (a method's variants)
     label_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config, device: torch.device | str = "cpu", modalities: tuple[str, ...] = ()):
-        self.config = config
+    def __init__(self, config, device: torch.device | str = "cpu", modalities: tuple[str, ...] = (), seed: int = 0):
+        self.config, self.seed = config, int(seed)  # the run seed: every random stream of the method derives from it
         self.device = torch.device(device)
         self.modalities = tuple(modalities)
 

@@ -154,7 +154,7 @@ def test_same_seed_same_map_and_another_seed_another():
 
     def fitted_map(seed):
         seed_everything(seed)
-        method = make({"steps": 4})
+        method = make({"steps": 4}, seed=seed)
         method.fit(train, train, NullLog())
         return method, method.predict(probe).maps
 

@@ -47,7 +47,7 @@ def held_out():
 
 
 def fitted(data, seed=0, log=None, **overrides):
-    method = FAnoGAN(FAnoGAN.make_config("smoke", overrides), "cpu", MODALITIES)
+    method = FAnoGAN(FAnoGAN.make_config("smoke", overrides), "cpu", MODALITIES, seed=seed)
     torch.manual_seed(seed)
     method.fit(data, data, log or NullLog())
     return method

@@ -58,7 +58,7 @@ def data():
 
 
 def fitted(data, seed=0, log=None, **overrides):
-    method = VAE(VAE.make_config("smoke", overrides), "cpu", MODALITIES)
+    method = VAE(VAE.make_config("smoke", overrides), "cpu", MODALITIES, seed=seed)
     torch.manual_seed(seed)
     method.fit(data, data, log or NullLog())
     return method

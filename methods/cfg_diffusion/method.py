@@ -38,12 +38,12 @@ backward: ``scripts/bench_guidance_cost.py`` measures the ratio.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.parts import part_key, shapes
 from lesionbench.methods.cfg_diffusion.guidance import LabelDropout, classifier_free_eps_fn, labelled_eps_fn
 from lesionbench.methods.wolleb.networks import diffusion_unet, pad_to_multiple
 from lesionbench.methods.wolleb.sampling import ddim_encode, ddim_times, guided_ddim_decode, linear_schedule
@@ -54,13 +54,8 @@ DDPM_PART = "ddpm"
 
 
 def shapes_ddpm(default):
-    """A Config field that shapes the trained DDPM: it is part of the DDPM's cache key (design §3)."""
-    return field(default=default, metadata={"part": DDPM_PART})
-
-
-def part_key(config, part: str) -> dict:
-    """The hyperparameters declared (``shapes_ddpm``) to shape ``part``: a cache key no hand list can forget."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("part") == part}
+    """A Config field that shapes the trained DDPM: it is part of the DDPM's cache key (``lesionbench.parts``)."""
+    return shapes(DDPM_PART, default=default)
 
 
 @dataclass
@@ -115,8 +110,8 @@ class CFGDiffusion(Method):
                       noise_level=750, stride=10, guidance_scale=2.0, log_every=100),
     }
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         c = config
         if len(c.widths) != len(c.attention):
             raise ValueError(f"{self.name}: widths and attention must have one entry per level")
@@ -153,7 +148,7 @@ class CFGDiffusion(Method):
 
     def ddpm_key(self) -> dict:
         """The DDPM's cache key: the fields declared to shape it, the slice shape and the modalities."""
-        return {**part_key(self.config, DDPM_PART), "in_shape": list(self.in_shape), "modalities": list(self.modalities)}
+        return part_key(self.config, DDPM_PART, in_shape=list(self.in_shape), modalities=list(self.modalities))
 
     def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, 2 ** (len(self.config.widths) - 1))
@@ -167,11 +162,12 @@ class CFGDiffusion(Method):
         x = self._to_network_input(train.images).cpu()
         self._build(x.shape[1:])
         # its own stream from the run seed; the batch order's generator is seeded with the run seed itself
-        dropout = torch.Generator().manual_seed(torch.initial_seed() + 1)
+        dropout = torch.Generator().manual_seed(self.seed + 1)
         labels = LabelDropout(train.labels.long(), c.label_dropout, NULL, dropout)
         schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every, c.train_max_t)
         state = log.cached(DDPM_PART, self.ddpm_key(), lambda: train_denoiser(
-            self.unet, x, labels, self.betas, self.alphas_cumprod, schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
+            self.unet, x, labels, self.betas, self.alphas_cumprod, schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm",
+            seed=self.seed))
         self.unet.load_state_dict(state)
         self.unet.eval()
 

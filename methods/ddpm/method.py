@@ -71,8 +71,8 @@ class DDPM(Method):
                       noise_level=400, stride=1, log_every=100),
     }
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         c = config
         if len(c.widths) != len(c.attention):
             raise ValueError("ddpm: widths and attention must have one entry per level")

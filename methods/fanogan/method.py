@@ -26,9 +26,7 @@ twice). The authors' post-processing is not applied: the map is the raw residual
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,29 +34,30 @@ import torch
 import torch.nn.functional as F
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.parts import part_key, shapes
 from lesionbench.methods.fanogan.training import TrainingDiverged, check_losses, gradient_penalty, image_grid, izi_f_residuals
 
 __all__ = ["FAnoGAN", "FAnoGANConfig", "TrainingDiverged"]
 
-GAN_KEYS = ("channels", "res_units", "latent_size", "batch_size", "gan_steps", "n_critic", "gp_weight", "gan_lr",
-            "beta1", "beta2")
+GAN = "gan"  # the trained part of stage 1 (cached by FitLog.cached): G and D
 GRID_ROWS = 8  # images in a logged sample grid
 
 
 @dataclass
 class FAnoGANConfig:
-    # networks
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # critic/encoder widths per stride-2 stage; G mirrors them
-    res_units: int = 0  # MONAI residual units after each stage
-    latent_size: int = 128
-    batch_size: int = 32
+    # networks (shapes(GAN): the fields stage 1's cached weights depend on, lesionbench.parts)
+    # critic/encoder widths per stride-2 stage; G mirrors them
+    channels: tuple[int, ...] = shapes(GAN, default=(32, 64, 128, 256))
+    res_units: int = shapes(GAN, default=0)  # MONAI residual units after each stage
+    latent_size: int = shapes(GAN, default=128)
+    batch_size: int = shapes(GAN, default=32)
     # stage 1: WGAN-GP
-    gan_steps: int = 1000  # generator steps
-    n_critic: int = 5  # critic steps per generator step
-    gp_weight: float = 10.0  # lambda of the gradient penalty
-    gan_lr: float = 1e-4
-    beta1: float = 0.0  # Adam's betas for G and D (Gulrajani et al.: 0 and 0.9)
-    beta2: float = 0.9
+    gan_steps: int = shapes(GAN, default=1000)  # generator steps
+    n_critic: int = shapes(GAN, default=5)  # critic steps per generator step
+    gp_weight: float = shapes(GAN, default=10.0)  # lambda of the gradient penalty
+    gan_lr: float = shapes(GAN, default=1e-4)
+    beta1: float = shapes(GAN, default=0.0)  # Adam's betas for G and D (Gulrajani et al.: 0 and 0.9)
+    beta2: float = shapes(GAN, default=0.9)
     # stage 2: izi_f encoder
     encoder_steps: int = 1000
     encoder_lr: float = 5e-5
@@ -97,8 +96,8 @@ class FAnoGAN(Method):
                       encoder_lr=5e-5, kappa=1.0, eval_every=5000, log_every=100, sample_every=1),
     }
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         if config.n_critic < 1 or config.batch_size < 1 or not config.channels:
             raise ValueError("fanogan: n_critic and batch_size must be >= 1 and channels non-empty")
         self.generator = self.critic = self.encoder = None  # built once the slice shape is known
@@ -137,15 +136,6 @@ class FAnoGAN(Method):
         c = self.config
         self.encoder = Encoder(self.in_shape, tuple(c.channels), c.latent_size, c.res_units).to(self.device)
 
-    @contextlib.contextmanager
-    def _seeded(self, seed: int):
-        """Seeded global RNG for one stage, restored afterwards: a stage's numbers depend on the run seed
-        only, not on whether the stage before it was trained or loaded from the cache."""
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
     # -- training ------------------------------------------------------------------------------------
 
     def fit(self, train: SliceSet, val: SliceSet, log) -> None:
@@ -153,20 +143,18 @@ class FAnoGAN(Method):
         train = train.healthy()  # the harness gives healthy slices only; this keeps it so
         if len(train) == 0:
             raise ValueError("fanogan: no healthy training slices")
-        run_seed = torch.initial_seed()
         images = self._padded(train.images.float())  # stays on the CPU; batches move to the device
 
-        with self._seeded(run_seed):
-            self._build_gan(images.shape[1:])
-            key = {"in_shape": list(self.in_shape), "modalities": list(self.modalities),
-                   **{k: v for k, v in dataclasses.asdict(c).items() if k in GAN_KEYS}}
-            state = log.cached("gan", key, lambda: self._train_gan(images, run_seed, log))
+        torch.manual_seed(self.seed)  # stage 1 draws from the run seed's stream
+        self._build_gan(images.shape[1:])
+        key = part_key(c, GAN, in_shape=list(self.in_shape), modalities=list(self.modalities))
+        state = log.cached(GAN, key, lambda: self._train_gan(images, self.seed, log))
         self.generator.load_state_dict(state["generator"])
         self.critic.load_state_dict(state["critic"])
 
-        with self._seeded((run_seed * 1_000_003 + 2) % 2**63):
-            self._build_encoder()
-            self._train_encoder(images, run_seed, log)
+        torch.manual_seed((self.seed * 1_000_003 + 2) % 2**63)  # stage 2 draws from a stream of its own
+        self._build_encoder()
+        self._train_encoder(images, self.seed, log)
 
     def _batches(self, n: int, seed: int):
         """Endless index batches, reshuffled every epoch; epochs run into each other so every batch is full."""

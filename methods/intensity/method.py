@@ -22,8 +22,8 @@ class Intensity(Method):
     Config = IntensityConfig
     profiles = {"smoke": {}, "demo": {}, "quick": {}, "paper": {}}
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         if config.modality not in self.modalities:
             raise ValueError(
                 f"intensity: modality {config.modality!r} is not among the data's modalities {self.modalities}"

@@ -78,8 +78,8 @@ class VAE(Method):
                       max_steps=50_000, eval_every=1000, log_every=50),
     }
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         if config.reconstruction not in ("l1", "mse"):
             raise ValueError(f"vae: reconstruction must be 'l1' or 'mse', not {config.reconstruction!r}")
         if len(config.channels) != len(config.strides):
@@ -163,7 +163,7 @@ class VAE(Method):
             raise ValueError("vae: no healthy training slices")
         self._build_network(self._padded(train.images[:1]).shape[1:])
         optimizer = torch.optim.Adam(self.network.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
-        order = torch.Generator().manual_seed(torch.initial_seed())  # shuffling follows the harness's seed
+        order = torch.Generator().manual_seed(self.seed)  # shuffling follows the run seed
         batch_size = min(c.batch_size, n)
         queue = torch.empty(0, dtype=torch.long)
 

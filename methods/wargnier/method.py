@@ -44,7 +44,6 @@ checkpoint of both arms. The ``quick`` profile keeps the weights with the best v
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -52,43 +51,57 @@ from dataclasses import dataclass
 import torch
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.parts import part_key, shapes
 from lesionbench.regularisation import TermWatch, backward_with_gradient_share
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wargnier.networks import LogitMapClassifier
 
 
 CONSTRAINT_WEIGHTINGS = ("fixed", "capped_share")
+CLASSIFIER = "classifier"  # the trained part (cached by FitLog.cached)
 
 
 @dataclass
 class WargnierConfig:
+    # every field but log_every shapes the trained classifier: its weights, the checkpoint that
+    # validation keeps and the map scales
     # network (ours)
-    widths: tuple[int, ...] = (8, 16, 32, 64)  # channels per stage; 2x2 average pooling between stages
-    convs_per_stage: int = 2
-    activation: str = "silu"
+    # channels per stage; 2x2 average pooling between stages
+    widths: tuple[int, ...] = shapes(CLASSIFIER, default=(8, 16, 32, 64))
+    convs_per_stage: int = shapes(CLASSIFIER, default=2)
+    activation: str = shapes(CLASSIFIER, default="silu")
     # the constraint (the paper's)
-    constraint_weight: float = 0.1  # lambda; 0 = standard learning (capped_share: the constraint's largest share of an update)
-    constraint: str = "bce"  # "bce" (the authors': softplus(A), A <= 0) or "squared" (the authors' "ross": sum A^2)
-    constraint_scale: str = "rms"  # bce: "rms" (ours: A / rms(A) per healthy slice, so it binds) or "none" (the authors')
+    # lambda; 0 = standard learning (capped_share: the constraint's largest share of an update)
+    constraint_weight: float = shapes(CLASSIFIER, default=0.1)
+    # "bce" (the authors': softplus(A), A <= 0) or "squared" (the authors' "ross": sum A^2)
+    constraint: str = shapes(CLASSIFIER, default="bce")
+    # bce: "rms" (ours: A / rms(A) per healthy slice, so it binds) or "none" (the authors')
+    constraint_scale: str = shapes(CLASSIFIER, default="rms")
     # "fixed": loss = L_cls + lambda C (the paper's); "capped_share" (ours): L_cls + C, C's gradient scaled down every
     # step to at most lambda x ||grad L_cls|| (lambda: the constraint's largest share of an update)
-    constraint_weighting: str = "capped_share"
-    train_attribution: str = "gradient"  # "gradient", "input_x_gradient" or "expected_gradients"
-    references: str = "batch"  # expected gradients' references: "batch" or "background" (healthy training slices)
-    zero_reference: float = 0.0  # probability that a reference is the zero (background) image
+    constraint_weighting: str = shapes(CLASSIFIER, default="capped_share")
+    # "gradient", "input_x_gradient" or "expected_gradients"
+    train_attribution: str = shapes(CLASSIFIER, default="gradient")
+    # expected gradients' references: "batch" or "background" (healthy training slices)
+    references: str = shapes(CLASSIFIER, default="batch")
+    # probability that a reference is the zero (background) image
+    zero_reference: float = shapes(CLASSIFIER, default=0.0)
     # the map (the paper's choice of attributions; the combination's scaling is ours)
-    map_attributions: tuple[str, ...] = ("input_x_gradient",)  # one, or several averaged
-    map_channels: str = "positive_sum"  # "positive_sum" (each modality's positive part, summed) or "sum_positive"
-    map_samples: int = 16  # expected-gradients samples / integrated-gradients steps at inference
-    background_size: int = 32  # healthy training slices kept for references and map scaling
+    map_attributions: tuple[str, ...] = shapes(CLASSIFIER, default=("input_x_gradient",))  # one, or several averaged
+    # "positive_sum" (each modality's positive part, summed) or "sum_positive"
+    map_channels: str = shapes(CLASSIFIER, default="positive_sum")
+    # expected-gradients samples / integrated-gradients steps at inference
+    map_samples: int = shapes(CLASSIFIER, default=16)
+    background_size: int = shapes(CLASSIFIER, default=32)  # healthy training slices kept for references and map scaling
     # optimisation (ours)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    balanced: bool = True  # half healthy, half lesion slices per batch
-    max_steps: int = 1000
-    max_minutes: float = 0.0  # wall-clock budget of fit; 0 = none
-    eval_every: int = 0  # steps between log.evaluate calls; 0 = never (keep the last weights)
+    lr: float = shapes(CLASSIFIER, default=1e-3)
+    weight_decay: float = shapes(CLASSIFIER, default=0.0)
+    batch_size: int = shapes(CLASSIFIER, default=32)
+    balanced: bool = shapes(CLASSIFIER, default=True)  # half healthy, half lesion slices per batch
+    max_steps: int = shapes(CLASSIFIER, default=1000)
+    max_minutes: float = shapes(CLASSIFIER, default=0.0)  # wall-clock budget of fit; 0 = none
+    # steps between log.evaluate calls; 0 = never (keep the last weights)
+    eval_every: int = shapes(CLASSIFIER, default=0)
     log_every: int = 10
 
 
@@ -118,8 +131,8 @@ class Wargnier(Method):
     Config = WargnierConfig
     profiles = _PROFILES
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         c = config
         try:
             attr.check_constraint(c.constraint, c.constraint_scale)
@@ -195,7 +208,7 @@ class Wargnier(Method):
         started = time.monotonic()
         self._build_network(train.images.shape[1])
         optimizer = torch.optim.Adam(self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        generator = torch.Generator().manual_seed(torch.initial_seed())  # follows the harness's seed
+        generator = torch.Generator().manual_seed(self.seed)  # follows the run seed
         best_score, best_weights = -math.inf, None
         watch = TermWatch("constraint")
         self.network.train()
@@ -253,10 +266,9 @@ class Wargnier(Method):
             raise ValueError(f"{self.name}: no training slices")
         healthy = torch.nonzero(train.labels == 0).flatten()
         pool = healthy if len(healthy) else torch.arange(len(train))
-        pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(torch.initial_seed()))[: c.background_size]]
+        pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.seed))[: c.background_size]]
         self.background = train.images[pick].to(self.device, torch.float32)
-        key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()}
-        state = log.cached("classifier", key, lambda: self._train(train, log))
+        state = log.cached(CLASSIFIER, part_key(c, CLASSIFIER), lambda: self._train(train, log))
         self.load_state_dict(state)
 
     # -- inference -----------------------------------------------------------------------------------
@@ -341,7 +353,13 @@ class Wargnier(Method):
 
 @dataclass
 class SaliencyConfig(WargnierConfig):
+    # without the constraint, its settings shape nothing: they are left out of the classifier's key
     constraint_weight: float = 0.0
+    constraint: str = "bce"
+    constraint_scale: str = "rms"
+    constraint_weighting: str = "capped_share"
+    train_attribution: str = "gradient"
+    references: str = "batch"
 
     def __post_init__(self):
         if self.constraint_weight != 0:

@@ -27,12 +27,12 @@ Our pooled metrics are not the paper's table (theirs: per-slice Otsu Dice over d
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.parts import part_key, shapes
 from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier, pad_to_multiple
 from lesionbench.methods.wolleb.sampling import (
     CLIP_X0, class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
@@ -40,33 +40,41 @@ from lesionbench.methods.wolleb.sampling import (
 from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_classifier, train_denoiser
 
 HEALTHY, LESION = 0, 1
+DDPM, CLASSIFIER = "ddpm", "classifier"  # the trained parts (cached by FitLog.cached)
 
 
 @dataclass
 class WollebConfig:
-    # the DDPM
-    timesteps: int = 1000  # T, linear schedule
-    widths: tuple[int, ...] = (16, 32, 64)  # UNet channels per level
-    res_blocks: int = 1
-    attention: tuple[bool, ...] = (False, False, True)  # attention per level (one head)
-    norm_groups: int = 8
-    learn_sigma: bool = False  # learned variances with the hybrid loss (improved DDPM), as the authors train
-    vlb_weight: float = 0.001  # lambda of the hybrid loss
-    lr: float = 1e-3
-    batch_size: int = 32
-    steps: int = 220
-    max_minutes: float = 0.0  # wall-clock cap of DDPM training; 0 = none
-    ema: float = 0.0  # EMA decay of the DDPM weights; 0 = none
-    train_max_t: int = 0  # DDPM trained on t in {0, ..., train_max_t} only (>= L); 0 = all T (the paper)
-    # the classifier
-    classifier_widths: tuple[int, ...] = (16, 32, 64)
-    classifier_res_blocks: int = 1
-    classifier_attention: tuple[bool, ...] = (False, False, True)
-    classifier_lr: float = 1e-3
-    classifier_batch_size: int = 32
-    classifier_steps: int = 150
-    classifier_minutes: float = 0.0  # wall-clock cap of classifier training; 0 = none
-    classifier_max_t: int = 0  # classifier trained on t in {0, ..., classifier_max_t} only (>= L); 0 = all T (the paper)
+    # the DDPM (part "ddpm"; shapes(): the fields a part's cached weights depend on, lesionbench.parts). Both
+    # networks are initialised before the DDPM trains, and the classifier trains on the random stream the DDPM's
+    # training leaves (design §3: a part loaded from the cache leaves the stream where training would have):
+    # so what changes the DDPM's draws shapes the classifier too, and the classifier's architecture the DDPM
+    timesteps: int = shapes(DDPM, CLASSIFIER, default=1000)  # T, linear schedule
+    widths: tuple[int, ...] = shapes(DDPM, CLASSIFIER, default=(16, 32, 64))  # UNet channels per level
+    res_blocks: int = shapes(DDPM, CLASSIFIER, default=1)
+    # attention per level (one head)
+    attention: tuple[bool, ...] = shapes(DDPM, CLASSIFIER, default=(False, False, True))
+    norm_groups: int = shapes(DDPM, CLASSIFIER, default=8)
+    # learned variances with the hybrid loss (improved DDPM), as the authors train
+    learn_sigma: bool = shapes(DDPM, CLASSIFIER, default=False)
+    vlb_weight: float = shapes(DDPM, default=0.001)  # lambda of the hybrid loss
+    lr: float = shapes(DDPM, default=1e-3)
+    batch_size: int = shapes(DDPM, CLASSIFIER, default=32)
+    steps: int = shapes(DDPM, CLASSIFIER, default=220)
+    max_minutes: float = shapes(DDPM, CLASSIFIER, default=0.0)  # wall-clock cap of DDPM training; 0 = none
+    ema: float = shapes(DDPM, default=0.0)  # EMA decay of the DDPM weights; 0 = none
+    # DDPM trained on t in {0, ..., train_max_t} only (>= L); 0 = all T (the paper)
+    train_max_t: int = shapes(DDPM, default=0, omit_default=True)
+    # the noise-conditioned classifier (part "classifier")
+    classifier_widths: tuple[int, ...] = shapes(CLASSIFIER, DDPM, default=(16, 32, 64))
+    classifier_res_blocks: int = shapes(CLASSIFIER, DDPM, default=1)
+    classifier_attention: tuple[bool, ...] = shapes(CLASSIFIER, DDPM, default=(False, False, True))
+    classifier_lr: float = shapes(CLASSIFIER, default=1e-3)
+    classifier_batch_size: int = shapes(CLASSIFIER, default=32)
+    classifier_steps: int = shapes(CLASSIFIER, default=150)
+    classifier_minutes: float = shapes(CLASSIFIER, default=0.0)  # wall-clock cap of classifier training; 0 = none
+    # classifier trained on t in {0, ..., classifier_max_t} only (>= L); 0 = all T (the paper)
+    classifier_max_t: int = shapes(CLASSIFIER, default=0, omit_default=True)
     # inference
     noise_level: int = 600  # L
     guidance_scale: float = 5.0  # s
@@ -114,8 +122,8 @@ class Wolleb(Method):
                       stride=1, log_every=100),
     }
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         c = config
         if c.score not in ("map", "classifier"):
             raise ValueError(f"{self.name}: score must be 'map' or 'classifier', not {c.score!r}")
@@ -154,14 +162,9 @@ class Wolleb(Method):
                                                        c.classifier_attention, c.norm_groups).to(self.device).eval()
 
     def _part_keys(self) -> tuple[dict, dict]:
-        """Each trained part's own hyperparameters (the cache key): inference settings are left out."""
-        c = dataclasses.asdict(self.config)
-        shared = {"in_shape": list(self.in_shape), "modalities": list(self.modalities), "timesteps": c["timesteps"], "norm_groups": c["norm_groups"]}
-        ddpm = {k: c[k] for k in ("widths", "res_blocks", "attention", "learn_sigma", "vlb_weight", "lr", "batch_size", "steps", "max_minutes", "ema")}
-        if c["train_max_t"]:  # only when set, so that the parts cached before the key existed still match
-            ddpm["train_max_t"] = c["train_max_t"]
-        clf = {k: c[k] for k in c if k.startswith("classifier_") and (k != "classifier_max_t" or c[k])}
-        return {**shared, **ddpm}, {**shared, **clf}
+        """Each trained part's cache key: the fields declared to shape it, the slice shape and the modalities."""
+        data = {"in_shape": list(self.in_shape), "modalities": list(self.modalities)}
+        return part_key(self.config, DDPM, **data), part_key(self.config, CLASSIFIER, **data)
 
     def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, self._multiple())
@@ -179,8 +182,9 @@ class Wolleb(Method):
         ddpm_schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every, c.train_max_t)
         clf_schedule = Schedule(c.classifier_steps, c.classifier_batch_size, c.classifier_lr, c.classifier_minutes, 0.0, c.log_every,
                                 c.classifier_max_t)
-        unet_state = log.cached("ddpm", ddpm_key, lambda: train_denoiser(
-            self.unet, x, labels, self.betas, self.alphas_cumprod, ddpm_schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
+        unet_state = log.cached(DDPM, ddpm_key, lambda: train_denoiser(
+            self.unet, x, labels, self.betas, self.alphas_cumprod, ddpm_schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm",
+            seed=self.seed))
         clf_state = self._classifier_part(train, x, labels, clf_key, clf_schedule, log)
         self.unet.load_state_dict(unet_state)
         self.classifier.load_state_dict(clf_state)
@@ -188,8 +192,8 @@ class Wolleb(Method):
 
     def _classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
         """The trained noise-conditioned classifier (cached); ``x`` is ``train.images`` in [-1, 1], padded."""
-        return log.cached("classifier", key, lambda: train_classifier(
-            self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log))
+        return log.cached(CLASSIFIER, key, lambda: train_classifier(
+            self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, seed=self.seed))
 
     # -- inference -------------------------------------------------------------------------------------
 

@@ -49,9 +49,9 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def _batches(n: int, batch_size: int):
-    """Endless full batches of shuffled indices; shuffling follows the harness's seed."""
-    order = torch.Generator().manual_seed(torch.initial_seed())
+def _batches(n: int, batch_size: int, seed: int):
+    """Endless full batches of shuffled indices; shuffling follows the run seed."""
+    order = torch.Generator().manual_seed(seed)
     queue = torch.empty(0, dtype=torch.long)
     batch_size = min(batch_size, n)
     while True:
@@ -66,16 +66,18 @@ def _cpu_state(network) -> dict:
 
 
 def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas: torch.Tensor, alphas_cumprod: torch.Tensor,
-                   schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str) -> dict:
+                   schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str,
+                   seed: int | None = None) -> dict:
     """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T), or
     U{0, ..., schedule.max_t} when set (a sampler that never goes above L needs no larger t). ``labels``
-    condition the network (class-conditional DDPM) unless None. Returns the (EMA) weights."""
+    condition the network (class-conditional DDPM) unless None; ``seed`` (the run seed) orders the batches.
+    Returns the (EMA) weights."""
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.0)
     ema = copy.deepcopy(network).eval() if schedule.ema > 0 else None
     timesteps = _timesteps(schedule, len(betas))
     started = time.monotonic()
-    batches = _batches(len(x), schedule.batch_size)
+    batches = _batches(len(x), schedule.batch_size, torch.initial_seed() if seed is None else seed)
     for step in range(1, schedule.steps + 1):
         index = next(batches)
         x0 = x[index].to(device, torch.float32)
@@ -108,7 +110,7 @@ def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas:
 
 
 def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: Schedule,
-                     device: torch.device, log, prefix: str = "classifier", constraint=None) -> dict:
+                     device: torch.device, log, prefix: str = "classifier", constraint=None, seed: int | None = None) -> dict:
     """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier),
     or U{0, ..., schedule.max_t} when set (guidance only ever asks for t <= L).
     ``constraint(network, x_t, t, y, index)``, when given, returns a term added to the loss (``wolleb-wargnier``:
@@ -117,7 +119,7 @@ def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cump
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.05)  # guided-diffusion's classifier_train defaults
     timesteps = _timesteps(schedule, len(alphas_cumprod))
     started = time.monotonic()
-    batches = _batches(len(x), schedule.batch_size)
+    batches = _batches(len(x), schedule.batch_size, torch.initial_seed() if seed is None else seed)
     for step in range(1, schedule.steps + 1):
         index = next(batches)
         x0 = x[index].to(device, torch.float32)

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from lesionbench.method import SliceSet
+from lesionbench.parts import part_key, shapes
 from lesionbench.regularisation import TermWatch
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wolleb.method import HEALTHY, LESION, Wolleb, WollebConfig
@@ -63,6 +64,7 @@ from lesionbench.methods.wargnier.method import CONSTRAINT_WEIGHTINGS
 from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier
 
 VARIANTS = ("guidance", "masked", "fusion")
+CONSTRAINED = "constrained_classifier"  # this method's trained part: wolleb's classifier fields and the constraint's
 MAP_ATTRIBUTIONS = ("input_x_gradient", "gradient")
 BACKGROUND = -1.0  # the background value of images scaled to [-1, 1]
 
@@ -71,21 +73,21 @@ BACKGROUND = -1.0  # the background value of images scaled to [-1, 1]
 class WollebWargnierConfig(WollebConfig):
     variant: str = "guidance"  # "guidance", "masked" or "fusion" (module docstring)
     # the constraint on the guiding classifier (Wargnier-Dauchelle et al.; the plain gradient, on x_t)
-    constraint_weight: float = 0.1  # lambda (capped_share: the constraint's largest share of an update; wargnier's)
-    constraint: str = "bce"  # "bce" (the authors': A <= 0) or "squared" (the authors' "ross": A -> 0)
-    constraint_scale: str = "rms"  # bce: "rms" (ours: A / rms(A) per healthy slice, so it binds) or "none" (the authors')
+    # lambda (capped_share: the constraint's largest share of an update; wargnier's)
+    constraint_weight: float = shapes(CONSTRAINED, default=0.1)
+    constraint: str = shapes(CONSTRAINED, default="bce")  # "bce" (the authors': A <= 0) or "squared" (the authors' "ross": A -> 0)
+    # bce: "rms" (ours: A / rms(A) per healthy slice, so it binds) or "none" (the authors')
+    constraint_scale: str = shapes(CONSTRAINED, default="rms")
     # "fixed": loss = CE + lambda C (the paper's); "capped_share" (ours): CE + w C, w = min(1, lambda ||grad CE|| /
     # ||grad C||) re-estimated at step 1 and every log_every steps (C's gradient at most lambda x CE's)
-    constraint_weighting: str = "capped_share"
+    constraint_weighting: str = shapes(CONSTRAINED, default="capped_share")
+    log_every: int = shapes(CONSTRAINED, default=10)  # also when the capped weight is re-estimated
     # the attribution map at t = 0 (masked, fusion)
     map_attribution: str = "input_x_gradient"  # against the background -1, or "gradient"
     mask_dilation: int = 1  # masked: max-filter radius of the mask, px
     fusion_weight: float = 0.5  # fusion: w, the attribution's weight in the geometric mean
     scale_quantile: float = 0.99  # the per-dataset scales a_q, r_q
     scale_slices: int = 32  # training slices the scales are measured on
-
-
-_CONSTRAINT_KEYS = ("constraint_weight", "constraint", "constraint_scale", "constraint_weighting")
 
 
 class WollebWargnier(Wolleb):
@@ -97,8 +99,8 @@ class WollebWargnier(Wolleb):
     label_keys = ("variant",)  # rows: wolleb-wargnier[variant=...]
     profiles = {name: dict(values) for name, values in Wolleb.profiles.items()}
 
-    def __init__(self, config, device="cpu", modalities=()):
-        super().__init__(config, device, modalities)
+    def __init__(self, config, device="cpu", modalities=(), seed=0):
+        super().__init__(config, device, modalities, seed)
         c = config
         if c.variant not in VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {VARIANTS}, not {c.variant!r}")
@@ -132,7 +134,7 @@ class WollebWargnier(Wolleb):
     def _classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
         c = self.config
         brain = self._padded_brain(train.brain)
-        key = {**key, **{k: getattr(c, k) for k in _CONSTRAINT_KEYS}}
+        key = {**key, **part_key(c, CONSTRAINED)}
 
         watch = TermWatch("classifier_constraint")
         steps = itertools.count(1)
@@ -158,11 +160,11 @@ class WollebWargnier(Wolleb):
 
         def train():
             state = train_classifier(self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, "classifier",
-                                     constraint)
+                                     constraint, seed=self.seed)
             watch.check(log)
             return state
 
-        return log.cached("constrained_classifier", key, train)
+        return log.cached(CONSTRAINED, key, train)
 
     def _padded_brain(self, brain: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(brain.float().unsqueeze(1), self._multiple(), value=0.0).squeeze(1) > 0.5
@@ -179,7 +181,7 @@ class WollebWargnier(Wolleb):
         self.scales = {}
         if c.variant == "guidance":
             return
-        generator = torch.Generator().manual_seed(torch.initial_seed())
+        generator = torch.Generator().manual_seed(self.seed)
         pick = torch.randperm(len(train), generator=generator)[: c.scale_slices]
         chunks = [(self._to_network_input(train.images[part]), self._padded_brain(train.brain[part]).to(self.device))
                   for part in pick.split(8)]  # the sampler's memory grows with the batch
