@@ -2,7 +2,8 @@
 when one never moves.
 
 A term can sit in the loss at a large value and still steer nothing: the attribution constraint of ``wargnier``
-was half of its loss value and 2e-6 of its gradient (issue 19). Two measures say so during fit:
+was half of its loss value and a negligible share of its gradient (docs/calibration.md#regularisation-watch).
+Two measures say so during fit:
 
 - :func:`backward_with_gradient_share` backpropagates main + term and returns ||grad term|| / ||grad main|| on the
   weights (one backward pass each, over graphs that share nothing but the weights: the cost of one combined pass);
@@ -59,8 +60,8 @@ def backward_with_gradient_share(main: torch.Tensor, term: torch.Tensor | None, 
 class TermWatch:
     """A regularising term's values over fit; :meth:`check` warns when it never moved.
 
-    "Never moved": (max - min) / mean |value| < ``tolerance`` over at least ``min_points`` recorded values (the
-    inert constraint of issue 19 moved by 0.9 % over a ``quick`` fit, and by < 0.1 % at 128 px), or, when gradient
+    "Never moved": (max - min) / mean |value| < ``tolerance`` over at least ``min_points`` recorded values (a
+    tolerance above what a known inert term moved by; docs/calibration.md#regularisation-watch), or, when gradient
     shares were recorded, the largest share stayed below ``min_share`` (the term never made a visible part of any
     update)."""
 

@@ -24,7 +24,7 @@ from lesionbench.volume import MODALITIES, DataError, DatasetAdapter, Volume
 
 #: Slice size for real data when the user does not set data.size. Adult brains at 1 mm fit a box of about
 #: 170 px, so 192 keeps scale 1 there: every lesion voxel of the shared MS patients survives, where 128
-#: (scale 0.76) loses 12 of patient07's 49 lesions outright (measured; see the issue-4 note).
+#: (scale 0.76) loses small lesions outright (the measurement: docs/calibration.md#data-and-preprocessing).
 REAL_DATA_SIZE = 192
 
 

@@ -9,7 +9,7 @@ aspect, small rotation), atrophy, ventricle size, cortical folding and thickness
 cortical patches, a sagittal-sinus strip, slow-flow vessels, pulsation ghosts, incomplete CSF
 suppression), perivascular spaces are bright on T2, and a share of the lesions is faint on FLAIR but
 visible on T2 or T1. A FLAIR threshold is therefore far from perfect while a multi-modal method does
-clearly better; ``tests/test_synthetic.py`` states the measured numbers.
+clearly better; ``tests/test_synthetic.py`` checks this (see docs/calibration.md#data-and-preprocessing).
 
 Geometry: image ``[4, depth, size, size]`` (axial axis first), field of view 155 mm x 240 mm x 240 mm, so
 the spacing is ``(155 / depth, 240 / size, 240 / size)`` mm and the affine ``diag(spacing, 1)``. Anatomy

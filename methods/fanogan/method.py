@@ -78,14 +78,14 @@ class FAnoGAN(Method):
         # seconds on 2 CPU cores, ~100 slices of 4x32x32: proves the code path
         "smoke": dict(channels=(8, 16, 32), latent_size=16, batch_size=16, gan_steps=30, n_critic=2, gan_lr=2e-3,
                       encoder_steps=40, encoder_lr=3e-3, log_every=5, sample_every=5),
-        # the README's main job, ~24 subjects of 24 4x64x64 slices: proves the pipeline in about a minute (300 + 300
-        # steps with n_critic 3 took 9 min per cell on the loaded 2-core machine: a third of that work here)
+        # the README's main job, ~24 subjects of 24 4x64x64 slices: proves the pipeline in about a minute (a third
+        # of the work of an earlier, too slow setting; see docs/calibration.md#fanogan)
         "demo": dict(channels=(8, 16, 32, 64), latent_size=64, n_critic=2, gan_steps=150, gan_lr=1e-3,
                      encoder_steps=150, encoder_lr=1e-3, eval_every=0, log_every=10, sample_every=20),
         # a meaningful CPU result in ~2-3 min on 2 idle cores for ~700 healthy 4x64x64 slices; fixed step counts (no
-        # wall-clock cap: the result must not depend on the machine's load). Chosen on the validation split of
-        # synth-tumor (split seed 0, run seed 0): 600 GAN steps gave val AUPRC 0.107 against 0.064 with 300
-        # (the GAN is the bottleneck: its samples are still blurry at 600 steps; more steps did not fit the budget)
+        # wall-clock cap: the result must not depend on the machine's load). 600 GAN steps: the GAN is the
+        # bottleneck (its samples are still blurry at 600 steps, and more did not fit the budget); chosen on
+        # synth-tumor's validation split, see docs/calibration.md#fanogan
         "quick": dict(channels=(8, 16, 32, 64), latent_size=64, n_critic=3, gan_steps=600, gan_lr=1e-3,
                       encoder_steps=600, encoder_lr=1e-3, eval_every=200, log_every=20, sample_every=20),
         # the authors' settings (module docstring), for a GPU: 64 x (1, 2, 4, 8) widths, z of size 128,

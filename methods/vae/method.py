@@ -16,8 +16,7 @@ channels; inference decodes the posterior mean; training counts steps, not epoch
 stopping keeps the weights with the best harness validation score (the authors: validation loss,
 patience 5 epochs); batch size 64 in ``paper`` is our GPU choice (the authors' example script uses 8).
 The CPU profiles (defaults) weight the KL term 0.01 and train at lr 3e-3: with the paper's weight 1, a
-few hundred CPU steps reconstruct a blurred mean brain (synth-tumor 64x64, 300 steps, one seed:
-val AUPRC 0.07 against 0.17 with 0.01).
+few hundred CPU steps reconstruct a blurred mean brain (measured: docs/calibration.md#vae).
 The authors' post-processing (positive residuals only, a hyperintensity prior, a median filter, an
 eroded brain mask) is not applied: the map is the raw residual. Optionally (``loss_in_brain``) the
 loss counts brain voxels only; the map is then zero wherever the input is zero in every channel

@@ -16,11 +16,11 @@ backpropagation, expected gradients as an option.
 
 Ours: the attribution's scale in the BCE form (``scale = "rms"``, the default), the squared form's sum per
 healthy slice averaged over healthy slices (theirs: summed over the batch), and the integrated gradients
-used at inference only. Why the scale (issue 19): the attribution of a logit averaged over a map is
-O(1 / number of input entries), ~2e-9 at initialisation at 64 px with our network and 1e-4 to 1e-2 trained, so the
-authors' BCE stays in its linear range, softplus(A) ~ ln 2 + A / 2: it acts on the mean attribution only
-(every voxel weighs 1/2 whatever its sign), its value stays at ln 2 and its gradient was 2e-6 of the
-classification's at initialisation and mostly < 2 % after, peaks 0.26 (measured, issue 19 note). Dividing each healthy
+used at inference only. Why the scale: the attribution of a logit averaged over a map is
+O(1 / number of input entries), tiny with our network before and after training, so the authors' BCE stays in
+its linear range, softplus(A) ~ ln 2 + A / 2: it acts on the mean attribution only (every voxel weighs 1/2
+whatever its sign), its value stays at ln 2 and its gradient is a negligible share of the classification's
+(the measured sizes: docs/calibration.md#wargnier-and-saliency). Dividing each healthy
 slice's attributions by their root mean square over its constrained entries (inside the graph: the
 constraint then depends on the sign pattern of A, not on its size) puts A on a unit scale where softplus
 weighs each voxel by sigmoid(A / rms): positive voxels are pushed down hardest. The value runs from ~0.8

@@ -20,25 +20,21 @@ attributions are combined, each is divided by its 99th percentile over the brain
 set of healthy training slices (one scale per trained model, so pooled thresholds stay comparable
 across slices) and the results averaged; slice score = sigmoid of the lesion logit.
 
-Ours, so that the constraint binds (issue 19; with the authors' scale it was inert: ``train/constraint`` flat
-at ln 2, 2e-6 of the gradient at initialisation, healthy attributions as often positive as with lambda = 0):
-the attributions of each healthy slice divided by their rms (``constraint_scale = "rms"``, see
-``attribution.py``), and the weighting ``constraint_weighting = "capped_share"``: loss = L_cls + C, with C's
-gradient on the weights scaled down, whenever larger, to lambda x ||grad L_cls||. The normalised constraint's
-gradient grows as 1 / |A| (440 x the classification's at initialisation), so a fixed lambda drowned the
-classifier (lambda = 0.01: every healthy attribution negative, slice AUROC 0.44), also after a linear warm-up
-over 200 steps. Measured on synth-tumor ``quick`` (issue 19 note): lambda = 0.1 keeps the share at ~0.1 and the
-slice AUROC within saliency's seeds (0.81-0.82 against 0.77-0.82), but the checkpoints chosen on validation
-auprc keep healthy attributions positive about as often as saliency's (0.50-0.67 against 0.50-0.73); larger
-caps (0.2-0.5) drive them to ~0 and collapse the classifier on some seeds (AUROC 0.44-0.67), as did a share
-fixed from below as well. ``"fixed"`` with ``constraint_scale = "none"`` is the authors' objective.
+Ours, so that the constraint binds (with the authors' scale it was inert: its value flat at ln 2, a negligible
+share of the gradient; docs/calibration.md#wargnier-and-saliency): the attributions of each healthy slice
+divided by their rms (``constraint_scale = "rms"``, see ``attribution.py``), and the weighting
+``constraint_weighting = "capped_share"``: loss = L_cls + C, with C's gradient on the weights scaled down,
+whenever larger, to lambda x ||grad L_cls||. The normalised constraint's gradient grows
+as 1 / |A| (hundreds of times the classification's at initialisation), so a fixed lambda drowned the
+classifier, also after a warm-up; capping its share keeps the classifier learning. The default cap
+(lambda = 0.1) and why larger caps were not taken: docs/calibration.md#wargnier-and-saliency. ``"fixed"`` with
+``constraint_scale = "none"`` is the authors' objective.
 Every logged step records ``constraint_grad_share`` (||grad of the applied term|| / ||grad L_cls||) and, capped,
 ``constraint_grad_share_uncapped``; a constraint whose value never moves is reported as a run warning
 (``lesionbench.regularisation.TermWatch``).
-Defaults: the map attribution (input x gradient) follows the prototype calibration in the issue 6 note;
-on the validation split of synth-tumor (split seed 0) input x gradient beat the plain gradient at every
-checkpoint of both arms. The ``quick`` profile keeps the weights with the best validation score
-(``log.evaluate``), never a test score.
+Defaults: the map attribution (input x gradient) was chosen on synth-tumor's validation split, where it beat
+the plain gradient (docs/calibration.md#wargnier-and-saliency). The ``quick`` profile keeps the weights with
+the best validation score (``log.evaluate``), never a test score.
 """
 
 from __future__ import annotations
@@ -113,9 +109,8 @@ _PROFILES = {
     # a meaningful CPU result: a fixed number of steps, the same for both arms (no wall-clock cap, which made the
     # constrained arm train fewer steps than saliency and the results depend on machine load). Training is
     # unstable at this size (validation auprc jumps between checkpoints), so the weights of the best validation
-    # checkpoint (every 50 steps) are kept. Measured on synth-tumor's validation split (issue 6 note): saliency
-    # reached 0.75 only after 800 steps, wargnier 0.81 at 400; positive parts summed over modalities beat the
-    # positive part of the sum at every good checkpoint.
+    # checkpoint (every 50 steps) are kept; 800 steps so that saliency, the slower arm, reaches its best
+    # (docs/calibration.md#wargnier-and-saliency)
     "quick": dict(batch_size=16, lr=2e-3, max_steps=800, eval_every=50),
     # GPU: longer training, wider network; the combination of maps the paper found robust
     "paper": dict(widths=(32, 64, 128, 128), batch_size=64, lr=1e-4, max_steps=50_000, eval_every=1000, log_every=50,

@@ -7,8 +7,8 @@ weights and double backpropagation has curvature to work with; ReLU's second der
 everywhere), a 1x1 convolution to one logit per location, and the spatial mean as the image's lesion
 logit (the paper's "mean of the output"). No normalisation layer: batch norm mixes the samples of a
 batch inside the attribution, and with group norm the mean-pooled classifier did not learn within a CPU
-budget (measured on a prototype). About 74k weights with the default widths (8, 16, 32, 64) and 4 input
-channels: few channels at full resolution, where a double-backpropagation step spends most of its time.
+budget (docs/calibration.md#wargnier-and-saliency). About 74k weights with the default widths
+(8, 16, 32, 64) and 4 input channels: few channels at full resolution, where a double-backpropagation step spends most of its time.
 """
 
 from __future__ import annotations

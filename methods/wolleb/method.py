@@ -9,8 +9,8 @@ taken at x_t with the model's own t; the DDPM is conditioned on "healthy" (y = 0
 README trains it with ``--class_cond True`` and passes y = 0 to both loops: the paper's setting). The model's
 x0 is clipped to [-1, 1] with eps re-derived; in a guided step the unguided x0 is clipped before the
 guidance is added and the guided x0 is left unclipped (``clip_x0 = "unguided"``, their ``condition_score2``;
-``"guided"`` clips the guided x0 instead, this method's order before issue 19: up to 0.026 on the output at
-L = 500, s = 100, issue 19). The anomaly map is |x - x_hat|.
+``"guided"`` clips the guided x0 instead, this method's earlier order; the difference it makes is recorded in
+docs/calibration.md#wolleb). The anomaly map is |x - x_hat|.
 
 Ours: differences from their loops that ``sampling.py`` lists (encoding from x itself rather than x noised to
 t = 0, a symmetric time grid, the classifier given the original t when timesteps are skipped);
@@ -96,20 +96,16 @@ class Wolleb(Method):
                       classifier_widths=(8, 16), classifier_attention=(False, False), classifier_steps=6,
                       classifier_batch_size=8, noise_level=200, stride=100, guidance_scale=5.0, log_every=2),
         # the README's job: a fixed number of steps (no wall-clock cap: results must not depend on machine load)
-        # (three narrow levels without attention: MONAI's middle block attends over the whole lowest level;
-        # two levels (16, 32) at batch 32 took 1.4 s a step on 2 cores, three (8, 16, 32) at batch 16 0.26 s)
+        # (three narrow levels without attention: MONAI's middle block attends over the whole lowest level, and
+        # its CPU step cost dominates at this size; see docs/calibration.md#wolleb)
         "demo": dict(widths=(8, 16, 32), attention=(False, False, False), batch_size=16, steps=150,
                      classifier_widths=(8, 16, 32), classifier_attention=(False, False, False), classifier_steps=200,
                      classifier_batch_size=16, noise_level=200, stride=50, guidance_scale=100.0),
-        # a meaningful CPU result within design §3's 5 min per cell: 260-279 s a cell on 2 idle cores (issue 5
-        # note). Both networks train only on the timesteps the sampler uses (t <= 500 >= L; the paper: all T),
-        # which makes 250 steps of each enough; the DDPM has three narrow levels without attention (8, 16, 32:
-        # 0.45 s a batch-32 step on 2 cores, against 1.44 s for (16, 32, 64) with attention). Chosen on the
-        # validation split of synth-tumor (split seed 0, seed 0), val auprc: 0.528 here; 0.553 with t <= 300;
-        # 0.543 with 300 steps each and t <= 300 (with those parts, stride 40: 0.519, stride 50: 0.499); 0.328
-        # with the classifier also (8, 16, 32), 600 steps; 0.508 for the previous quick (UNet (16, 32, 64) with
-        # attention, classifier 800 steps, all T, stride 20: 12.7 min a cell). L = 200-300 with s = 50-100 beat
-        # L = 400-600 or s = 300 at earlier stops.
+        # a meaningful CPU result within design §3's 5 min per cell. Both networks train only on the timesteps
+        # the sampler uses (t <= 500 >= L; the paper: all T), which makes 250 steps of each enough; the DDPM has
+        # three narrow levels without attention (8, 16, 32), much cheaper a step than (16, 32, 64) with
+        # attention. Sizes, steps, L, s and the stride were chosen on synth-tumor's validation split; the
+        # timings and scores: docs/calibration.md#wolleb.
         "quick": dict(widths=(8, 16, 32), attention=(False, False, False), steps=250, lr=1e-3, train_max_t=500,
                       classifier_widths=(16, 32, 64), classifier_steps=250, classifier_max_t=500,
                       noise_level=200, stride=25, guidance_scale=100.0),

@@ -10,13 +10,13 @@ the same grid of times ``[0, stride, 2 stride, ..., L]``. A model is passed as a
 ``eps(x, t) -> epsilon`` with ``t`` an int64 tensor [B].
 
 Against the authors' code (JuliaWolleb/diffusion-anomaly, ``gaussian_diffusion.py``,
-``ddim_sample_loop_known``), cross-checked numerically in issue 19. The same: the guidance
+``ddim_sample_loop_known``), cross-checked numerically (docs/calibration.md#wolleb). The same: the guidance
 eps - sqrt(1 - abar_t) s grad_x log p(healthy | x_t) with the gradient taken at x_t and the model's own t;
 clipping the model's x0 to [-1, 1] with eps re-derived from it (their ``p_mean_variance`` with
 ``clip_denoised``) while encoding and decoding; and, by default (``clip_x0 = "unguided"``), the guided
 step's order: clip the unguided x0, re-derive eps, add the guidance, and leave the guided x0 unclipped
 (their ``condition_score2`` then ``ddim_sample``). Ours: ``clip_x0 = "guided"`` (clip the guided x0,
-eps re-derived: this module's order before issue 19); the symmetric grid (their encoder starts at t = 1
+eps re-derived: this module's earlier order); the symmetric grid (their encoder starts at t = 1
 and takes L - 1 steps, their decoder starts at L - 2 and ends at abar = 1: index artefacts of their
 loops); starting the encoding from x itself (their code first noises it to t = 0, N(0, 0.01^2)); with
 skipped timesteps the classifier gets the original t (theirs, respaced, gets the respaced index).
@@ -103,7 +103,7 @@ def guided_eps(eps: torch.Tensor, grad_log_p: torch.Tensor, abar_t: float, scale
     return eps - math.sqrt(1 - abar_t) * scale * grad_log_p
 
 
-#: which x0 the guided decoding clips: "unguided" (the authors' code) or "guided" (ours before issue 19)
+#: which x0 the guided decoding clips: "unguided" (the authors' code) or "guided" (this module's earlier order)
 CLIP_X0 = ("unguided", "guided")
 
 

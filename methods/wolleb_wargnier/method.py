@@ -15,8 +15,9 @@ each its own row):
   constraint. Its lesion logit is f(x_t, t) = logit_lesion - logit_healthy (the log-odds of the two-class
   head); on the healthy slices of each batch, the plain gradient A = d f / d x_t (the paper's default
   attribution) is constrained on the brain voxels with the paper's BCE form (A <= 0) or the authors' squared
-  form (A -> 0), by double backpropagation, at the batch's noise levels t ~ U[0, T). As in ``wargnier`` (issue 19:
-  with the authors' scale the constraint made < 1 % of this classifier's gradient), by default each healthy
+  form (A -> 0), by double backpropagation, at the batch's noise levels t ~ U[0, T). As in ``wargnier`` (with the
+  authors' scale the constraint made a negligible share of this classifier's gradient:
+  docs/calibration.md#wolleb-wargnier), by default each healthy
   slice's A is divided by its rms (``constraint_scale = "rms"``) and the constraint's gradient is capped at
   ``constraint_weight`` x the cross-entropy's (``constraint_weighting = "capped_share"``; its weight re-estimated at
   step 1 and every ``log_every`` steps, where ``train/classifier_constraint_grad_share`` is logged); ``"fixed"``
@@ -87,7 +88,7 @@ class WollebWargnierConfig(WollebConfig):
     mask_dilation: int = 1  # masked: max-filter radius of the mask, px
     fusion_weight: float = 0.5  # fusion: w, the attribution's weight in the geometric mean
     scale_quantile: float = 0.99  # the per-dataset scales a_q, r_q
-    scale_slices: int = 32  # training slices the scales are measured on
+    scale_slices: int = 32  # training slices the scales are computed from
 
 
 class WollebWargnier(Wolleb):
