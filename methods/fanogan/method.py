@@ -26,15 +26,13 @@ twice). The authors' post-processing is not applied: the map is the raw residual
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
 from lesionbench.parts import part_key, shapes
+from lesionbench.training import KeepBest, pad_to_multiple, shuffled_batches
 from lesionbench.methods.fanogan.training import TrainingDiverged, check_losses, gradient_penalty, image_grid, izi_f_residuals
 
 __all__ = ["FAnoGAN", "FAnoGANConfig", "TrainingDiverged"]
@@ -118,9 +116,7 @@ class FAnoGAN(Method):
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad H and W (bottom, right) to a multiple of the total stride; zero is the background."""
-        step = 2 ** len(self.config.channels)
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, (-w) % step, 0, (-h) % step))
+        return pad_to_multiple(x, 2 ** len(self.config.channels))
 
     def _build_gan(self, in_shape) -> None:
         from lesionbench.methods.fanogan.networks import Critic, Generator  # lazy: importing monai takes seconds
@@ -143,38 +139,29 @@ class FAnoGAN(Method):
         train = train.healthy()  # the harness gives healthy slices only; this keeps it so
         if len(train) == 0:
             raise ValueError("fanogan: no healthy training slices")
-        images = self._padded(train.images.float())  # stays on the CPU; batches move to the device
-
         torch.manual_seed(self.seed)  # stage 1 draws from the run seed's stream
-        self._build_gan(images.shape[1:])
+        self._build_gan(self._batch(train, torch.arange(1)).shape[1:])
         key = part_key(c, GAN, in_shape=list(self.in_shape), modalities=list(self.modalities))
-        state = log.cached(GAN, key, lambda: self._train_gan(images, self.seed, log))
+        state = log.cached(GAN, key, lambda: self._train_gan(train, self.seed, log))
         self.generator.load_state_dict(state["generator"])
         self.critic.load_state_dict(state["critic"])
 
         torch.manual_seed((self.seed * 1_000_003 + 2) % 2**63)  # stage 2 draws from a stream of its own
         self._build_encoder()
-        self._train_encoder(images, self.seed, log)
+        self._train_encoder(train, self.seed, log)
 
-    def _batches(self, n: int, seed: int):
-        """Endless index batches, reshuffled every epoch; epochs run into each other so every batch is full."""
-        order = torch.Generator().manual_seed(seed)
-        batch = min(self.config.batch_size, n)
-        queue = torch.empty(0, dtype=torch.long)
-        while True:
-            if len(queue) < batch:
-                queue = torch.cat([queue, torch.randperm(n, generator=order)])
-            index, queue = queue[:batch], queue[batch:]
-            yield index
+    def _batch(self, train: SliceSet, index: torch.Tensor) -> torch.Tensor:
+        """Training slices ``index``, padded, on the method's device."""
+        return self._padded(train.images[index].float()).to(self.device)
 
-    def _train_gan(self, images: torch.Tensor, seed: int, log) -> dict:
+    def _train_gan(self, train: SliceSet, seed: int, log) -> dict:
         """Stage 1, WGAN-GP (Gulrajani et al. 2017, Algorithm 1); returns the trained G and D weights."""
         c = self.config
         G, D = self.generator, self.critic
         opt_g = torch.optim.Adam(G.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         opt_d = torch.optim.Adam(D.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
-        batches = self._batches(len(images), seed)
-        steps_per_epoch = max(1, len(images) // min(c.batch_size, len(images)))
+        batches = shuffled_batches(len(train), c.batch_size, seed)
+        steps_per_epoch = max(1, len(train) // min(c.batch_size, len(train)))
         fixed_z = torch.randn(GRID_ROWS, c.latent_size, generator=torch.Generator().manual_seed(seed)).to(self.device)
         stage = "stage 1 (WGAN-GP)"
         critic_steps, epochs_logged = 0, 0
@@ -182,7 +169,7 @@ class FAnoGAN(Method):
         for step in range(1, c.gan_steps + 1):
             D.requires_grad_(True)
             for _ in range(c.n_critic):
-                real = images[next(batches)].to(self.device)
+                real = self._batch(train, next(batches))
                 z = torch.randn(len(real), c.latent_size, device=self.device)
                 with torch.no_grad():
                     fake = G(z)
@@ -223,21 +210,21 @@ class FAnoGAN(Method):
         G.eval(), D.eval()
         return {"generator": _cpu(G.state_dict()), "critic": _cpu(D.state_dict())}
 
-    def _train_encoder(self, images: torch.Tensor, seed: int, log) -> None:
+    def _train_encoder(self, train: SliceSet, seed: int, log) -> None:
         """Stage 2, izi_f (Schlegl et al. 2019): E trained with G and D frozen; keeps the best-evaluated E."""
         c = self.config
         G, D, E = self.generator, self.critic, self.encoder
         G.eval(), D.eval()
         G.requires_grad_(False), D.requires_grad_(False)
         optimizer = torch.optim.Adam(E.parameters(), lr=c.encoder_lr)
-        batches = self._batches(len(images), seed + 1)
-        steps_per_epoch = max(1, len(images) // min(c.batch_size, len(images)))
-        shown = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:GRID_ROWS]].to(self.device)
+        batches = shuffled_batches(len(train), c.batch_size, seed + 1)
+        steps_per_epoch = max(1, len(train) // min(c.batch_size, len(train)))
+        shown = self._batch(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:GRID_ROWS])
         stage = "stage 2 (izi_f encoder)"
-        best_score, best_weights, epochs_logged = -math.inf, None, 0
+        keep, epochs_logged = KeepBest(E), 0
         E.train()
         for step in range(1, c.encoder_steps + 1):
-            x = images[next(batches)].to(self.device)
+            x = self._batch(train, next(batches))
             x_hat = G(E(x))
             with torch.no_grad():
                 _, features_x = D(x)
@@ -262,12 +249,9 @@ class FAnoGAN(Method):
                     log.artifact_image(f"encoder_reconstructions_epoch{epoch:04d}", image_grid(shown, G(E(shown))))
                 E.train()
             if c.eval_every > 0 and (step % c.eval_every == 0 or last):
-                score = log.evaluate(step)  # predicts on validation: switches E to eval
-                if not math.isnan(score) and score > best_score:
-                    best_score, best_weights = score, copy.deepcopy(E.state_dict())
+                keep.offer(log.evaluate(step))  # predicts on validation: switches E to eval
                 E.train()
-        if best_weights is not None:  # else no score was a number: keep the last weights
-            E.load_state_dict(best_weights)
+        keep.restore()  # the best-scored encoder (none a number: the last one)
         E.eval()
         G.requires_grad_(True), D.requires_grad_(True)
 

@@ -25,16 +25,14 @@ loss counts brain voxels only; the map is then zero wherever the input is zero i
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.training import KeepBest, autocast, out_of_time, pad_to_multiple, shuffled_batches
 
 
 @dataclass
@@ -119,14 +117,7 @@ class VAE(Method):
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad H and W (bottom, right) to a multiple of the total stride, so the decoder's output
         matches the input; zero is the background value."""
-        step = math.prod(self.config.strides)
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, (-w) % step, 0, (-h) % step))
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return pad_to_multiple(x, math.prod(self.config.strides))
 
     def _reconstruct(self, x: torch.Tensor, sample: bool):
         """x [B, C, H, W] -> (x_hat [B, C, H, W] float32, mu, logvar); z is sampled when ``sample``,
@@ -135,7 +126,7 @@ class VAE(Method):
         xp = self._padded(x)
         if tuple(xp.shape[1:]) != self.in_shape:
             raise ValueError(f"vae: slices of shape {tuple(x.shape[1:])} do not fit a network for {self.in_shape}")
-        with self._autocast():
+        with autocast(self.device):
             mu, logvar = self.network.encode_forward(xp)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
             x_hat = self.network.decode_forward(z, use_sigmoid=True)
@@ -162,17 +153,12 @@ class VAE(Method):
             raise ValueError("vae: no healthy training slices")
         self._build_network(self._padded(train.images[:1]).shape[1:])
         optimizer = torch.optim.Adam(self.network.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
-        order = torch.Generator().manual_seed(self.seed)  # shuffling follows the run seed
-        batch_size = min(c.batch_size, n)
-        queue = torch.empty(0, dtype=torch.long)
-
-        best_score, best_weights = -math.inf, None
+        batches = shuffled_batches(n, c.batch_size, self.seed)  # shuffling follows the run seed
+        keep = KeepBest(self.network)
         step = 0
         self.network.train()
         while step < c.max_steps:
-            if len(queue) < batch_size:  # epochs run into each other so every batch is full
-                queue = torch.cat([queue, torch.randperm(n, generator=order)])
-            index, queue = queue[:batch_size], queue[batch_size:]
+            index = next(batches)
             x = train.images[index].to(self.device, torch.float32)
             brain = train.brain[index].to(self.device)
             loss, reconstruction, kl = self._loss(x, brain)
@@ -181,22 +167,19 @@ class VAE(Method):
             optimizer.step()
             step += 1
 
-            out_of_time = c.max_minutes > 0 and time.monotonic() - started > 60 * c.max_minutes
-            last = step == c.max_steps or out_of_time
+            timed_out = out_of_time(started, c.max_minutes)
+            last = step == c.max_steps or timed_out
             if step % c.log_every == 0 or last:
                 log.metric("loss", loss.item(), step)
                 log.metric("reconstruction", reconstruction.item(), step)
                 log.metric("kl", kl.item(), step)
             if c.eval_every > 0 and (step % c.eval_every == 0 or last):
-                score = log.evaluate(step)  # predicts on validation: switches the network to eval
-                if not math.isnan(score) and score > best_score:
-                    best_score, best_weights = score, copy.deepcopy(self.network.state_dict())
+                keep.offer(log.evaluate(step))  # predicts on validation: switches the network to eval
                 self.network.train()
-            if out_of_time:
+            if timed_out:
                 break
 
-        if best_weights is not None:  # else no score was a number: keep the last weights
-            self.network.load_state_dict(best_weights)
+        keep.restore()  # the best-scored weights (none a number: the last ones)
         self.network.eval()
 
     # -- inference -----------------------------------------------------------------------------------

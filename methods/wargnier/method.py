@@ -39,8 +39,6 @@ the best validation score (``log.evaluate``), never a test score.
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass
 
@@ -49,6 +47,7 @@ import torch
 from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
 from lesionbench.parts import part_key, shapes
 from lesionbench.regularisation import TermWatch, backward_with_gradient_share
+from lesionbench.training import KeepBest, balanced_batches, out_of_time
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wargnier.networks import LogitMapClassifier
 
@@ -179,36 +178,18 @@ class Wargnier(Method):
 
     # -- training ------------------------------------------------------------------------------------
 
-    def _batches(self, labels: torch.Tensor, generator: torch.Generator):
-        """Index batches forever: balanced (half healthy, half lesion) when asked and both exist."""
-        c = self.config
-        groups = [torch.nonzero(labels == k).flatten() for k in (0, 1)] if c.balanced else []
-        if not c.balanced or any(len(g) == 0 for g in groups):
-            groups = [torch.arange(len(labels))]
-        sizes = [c.batch_size // len(groups)] * len(groups)
-        sizes[0] += c.batch_size - sum(sizes)
-        queues = [torch.empty(0, dtype=torch.long) for _ in groups]
-        while True:
-            out = []
-            for i, (group, size) in enumerate(zip(groups, sizes)):
-                size = min(size, len(group))
-                while len(queues[i]) < size:  # epochs run into each other so every batch is full
-                    queues[i] = torch.cat([queues[i], group[torch.randperm(len(group), generator=generator)]])
-                out.append(queues[i][:size])
-                queues[i] = queues[i][size:]
-            yield torch.cat(out)
-
     def _train(self, train: SliceSet, log) -> dict:
         c = self.config
         started = time.monotonic()
         self._build_network(train.images.shape[1])
         optimizer = torch.optim.Adam(self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)  # follows the run seed
-        best_score, best_weights = -math.inf, None
+        keep = KeepBest(self.network)
         watch = TermWatch("constraint")
         self.network.train()
         step = 0
-        for index in self._batches(train.labels, generator):
+        # half healthy, half lesion slices when balanced and both exist
+        for index in balanced_batches(train.labels, c.batch_size, generator, c.balanced):
             x = train.images[index].to(self.device, torch.float32)
             labels = train.labels[index].to(self.device)
             brain = train.brain[index].to(self.device)
@@ -227,8 +208,7 @@ class Wargnier(Method):
             optimizer.step()
             step += 1
 
-            out_of_time = c.max_minutes > 0 and time.monotonic() - started > 60 * c.max_minutes
-            last = step >= c.max_steps or out_of_time
+            last = step >= c.max_steps or out_of_time(started, c.max_minutes)
             if step % c.log_every == 0 or last:
                 log.metric("loss", loss.item(), step)
                 log.metric("classification", cls.item(), step)
@@ -241,14 +221,11 @@ class Wargnier(Method):
             if c.eval_every > 0 and (step % c.eval_every == 0 or last):
                 self.network.eval()
                 self._fit_map_scales()
-                score = log.evaluate(step)
-                if not math.isnan(score) and score > best_score:
-                    best_score, best_weights = score, copy.deepcopy(self.network.state_dict())
+                keep.offer(log.evaluate(step))
                 self.network.train()
             if last:
                 break
-        if best_weights is not None:  # else no score was a number: keep the last weights
-            self.network.load_state_dict(best_weights)
+        keep.restore()  # the best-scored weights (none a number: the last ones)
         self.network.eval()
         self._fit_map_scales()
         log.metric("steps", float(step), step)
