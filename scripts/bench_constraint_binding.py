@@ -93,8 +93,8 @@ def noise_conditioned(args, dataset, train, val, parse) -> None:
     """wolleb-wargnier's guiding classifier (quick network and schedule) per arm: lambda = 0 (wolleb's plain
     classifier) and the given configs; share logged during training, A > 0 on healthy validation slices at
     t = 0 and at t ~ U{0..L}, slice AUROC of p(lesion | x, t = 0)."""
-    from lesionbench.methods.wolleb.sampling import q_sample
-    from lesionbench.methods.wolleb.training import Schedule
+    from lesionbench.methods.diffusion.sampling import q_sample
+    from lesionbench.methods.diffusion.training import Schedule
     from lesionbench.methods.wolleb_wargnier.method import WollebWargnier
     from lesionbench.fitlog import HarnessLog
     from lesionbench.seeding import seed_everything
@@ -107,9 +107,9 @@ def noise_conditioned(args, dataset, train, val, parse) -> None:
             method = WollebWargnier(WollebWargnier.make_config("quick", parse(pairs)), "cpu", dataset.modalities)
             c = method.config
             seed_everything(seed)
-            x = method._to_network_input(train.images).cpu()
-            method._build(x.shape[1:])
-            _, clf_key = method._part_keys()
+            x = method.to_network_input(train.images).cpu()
+            method.build(x.shape[1:])
+            _, clf_key = method.part_keys()
             schedule = Schedule(c.classifier_steps, c.classifier_batch_size, c.classifier_lr, 0.0, 0.0, c.log_every, c.classifier_max_t)
             logged: dict[str, dict[int, float]] = {}
 
@@ -119,11 +119,11 @@ def noise_conditioned(args, dataset, train, val, parse) -> None:
 
             log = Log(None, method, [], 64, "auprc")
             t0 = time.perf_counter()
-            method.classifier.load_state_dict(method._classifier_part(train, x, train.labels.long(), clf_key, schedule, log))
+            method.classifier.load_state_dict(method.classifier_part(train, x, train.labels.long(), clf_key, schedule, log))
             fit_s = time.perf_counter() - t0
             method.classifier.eval()
             healthy = val.labels == 0
-            xv = method._to_network_input(val.images[healthy])
+            xv = method.to_network_input(val.images[healthy])
             brain = method._padded_brain(val.brain[healthy])
             _, abar = method.betas, method.alphas_cumprod
             fractions = {}
@@ -135,7 +135,7 @@ def noise_conditioned(args, dataset, train, val, parse) -> None:
                 (grad,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), x_t)
                 fractions[name] = float((grad.permute(1, 0, 2, 3)[:, brain] > 0).float().mean())
             with torch.no_grad():
-                xs = method._to_network_input(val.images)
+                xs = method.to_network_input(val.images)
                 p = torch.softmax(method.classifier(xs, torch.zeros(len(xs), dtype=torch.long)), 1)[:, 1]
             row = {"arm": arm, "seed": seed, "fit_s": round(fit_s, 1), "A_positive": fractions,
                    "slice_auroc_t0": float(roc_auc_score(val.labels.numpy(), p.numpy())), "warnings": log.warnings,

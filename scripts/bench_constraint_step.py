@@ -51,8 +51,8 @@ def wargnier_arms(args, x, labels, brain):
 def noise_conditioned_arms(args, x, labels, brain):
     """wolleb's plain classifier step against wolleb-wargnier's constrained one (same network, same x_t)."""
     from lesionbench.methods.wolleb.method import Wolleb, WollebConfig
-    from lesionbench.methods.wolleb.networks import noise_conditioned_classifier
-    from lesionbench.methods.wolleb.sampling import linear_schedule, q_sample
+    from lesionbench.methods.diffusion.networks import noise_conditioned_classifier
+    from lesionbench.methods.diffusion.sampling import linear_schedule, q_sample
     from lesionbench.methods.wolleb_wargnier.method import noisy_attribution_constraint
 
     c = WollebConfig(**Wolleb.profiles["quick"])

@@ -20,7 +20,7 @@ import torch
 
 from lesionbench.methods.cfg_diffusion.guidance import classifier_free_eps_fn, labelled_eps_fn
 from lesionbench.methods.cfg_diffusion.method import HEALTHY as CFG_HEALTHY, NULL, CFGDiffusion
-from lesionbench.methods.wolleb import sampling as S
+from lesionbench.methods.diffusion import sampling as S
 from lesionbench.methods.wolleb.method import HEALTHY, Wolleb
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -54,9 +54,9 @@ def main() -> None:
     torch.manual_seed(0)
     shape = (len(MODALITIES), args.size, args.size)
     wolleb = Wolleb(Wolleb.make_config(args.profile), "cpu", MODALITIES)
-    wolleb._build(shape)
+    wolleb.build(shape)
     cfg = CFGDiffusion(CFGDiffusion.make_config(args.profile), "cpu", MODALITIES)
-    cfg._build(shape)
+    cfg.build(shape)
     for a, b in (("noise_level", "noise_level"), ("stride", "stride")):
         assert getattr(wolleb.config, a) == getattr(cfg.config, b), f"the profiles differ in {a}: not comparable"
     wc, cc = wolleb.config, cfg.config

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lesionbench.methods.wolleb import sampling as S
+from lesionbench.methods.diffusion import sampling as S
 from lesionbench.methods.wolleb.method import HEALTHY, Wolleb
 
 SIZES = {  # (profile, slice size, channels, slices per batch of ours)
@@ -67,7 +67,7 @@ def speed(size_name: str, device: torch.device, batch: int | None, timed_steps: 
     profile, size, channels, default_batch = SIZES[size_name]
     batch = batch or default_batch
     method = Wolleb(Wolleb.make_config(profile), device, ("t1", "t1ce", "t2", "flair")[:channels])
-    method._build((channels, size, size))
+    method.build((channels, size, size))
     c = method.config
     full_ours = len(S.ddim_times(c.noise_level, c.stride)) - 1  # DDIM steps per direction
     full_ref = c.noise_level

@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         method = Wolleb(config, device="cpu", modalities=("t1", "t1ce", "t2", "flair"))
-        method._build((4, size, size))  # the classifier's dense head depends on the slice size
+        method.build((4, size, size))  # the classifier's dense head depends on the slice size
         x = torch.rand(args.batch, 4, size, size)
         predict = seconds(lambda: method.predict(x), args.repeats) / args.batch
         batch = torch.rand(config.batch_size, 4, size, size)

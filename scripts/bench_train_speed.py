@@ -147,7 +147,7 @@ class DdpmLoss(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod)
 
     def forward(self, x0, t, noise, y):
-        from lesionbench.methods.wolleb.sampling import q_sample
+        from lesionbench.methods.diffusion.sampling import q_sample
 
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
         return F.mse_loss(self.net(x_t, t, class_labels=y).float(), noise)
@@ -160,7 +160,7 @@ class ClassifierLoss(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod)
 
     def forward(self, x0, t, noise, y):
-        from lesionbench.methods.wolleb.sampling import q_sample
+        from lesionbench.methods.diffusion.sampling import q_sample
 
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
         return F.cross_entropy(self.net(x_t, t).float(), y)
@@ -181,7 +181,7 @@ class WollebTask(Task):
     def __init__(self, name: str):
         super().__init__(name)
         from lesionbench.methods.wolleb.method import Wolleb, WollebConfig
-        from lesionbench.methods.wolleb.sampling import linear_schedule
+        from lesionbench.methods.diffusion.sampling import linear_schedule
 
         self.c = WollebConfig(**Wolleb.profiles["quick"])
         _, self.alphas_cumprod = linear_schedule(self.c.timesteps)
@@ -201,7 +201,7 @@ class WollebTask(Task):
         return x0, t, noise, self.labels[index]
 
     def build(self):
-        from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier
+        from lesionbench.methods.diffusion.networks import diffusion_unet, noise_conditioned_classifier
 
         c = self.c
         torch.manual_seed(0)

@@ -115,8 +115,8 @@ def evaluate(method, cases, levels, flair: int, healthy_val: torch.Tensor, png_r
                 h, w = images.shape[-2:]
                 res, xh = [], []
                 for start in range(0, len(images), 64):
-                    x = method._to_network_input(images[start:start + 64])
-                    x_hat = method.denoise(x)
+                    x = method.to_network_input(images[start:start + 64])
+                    x_hat = method.translate(x)
                     res.append((x - x_hat).abs()[:, :, :h, :w].numpy())
                     xh.append(x_hat[:, :, :h, :w].numpy())
                 residuals.append(np.concatenate(res))  # [D, C, H, W]
@@ -129,7 +129,7 @@ def evaluate(method, cases, levels, flair: int, healthy_val: torch.Tensor, png_r
         lesion_err = np.concatenate([r.sum(1)[l] for r, l in zip(residuals, lesions)]).mean()
         # eps-MSE of the network at t = L on healthy validation slices (fixed noise)
         g = torch.Generator().manual_seed(0)
-        x0 = method._to_network_input(healthy_val)
+        x0 = method.to_network_input(healthy_val)
         noise = torch.randn(x0.shape, generator=g)
         abar = float(method.alphas_cumprod[level])
         x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * noise

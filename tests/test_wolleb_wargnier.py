@@ -6,9 +6,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lesionbench.method import NullLog
-from lesionbench.methods.wolleb import sampling as S
-from lesionbench.methods.wolleb.networks import noise_conditioned_classifier
-from lesionbench.methods.wolleb.training import Schedule, train_classifier
+from lesionbench.methods.diffusion import sampling as S
+from lesionbench.methods.diffusion.networks import noise_conditioned_classifier
+from lesionbench.methods.diffusion.training import Schedule, train_classifier
 from lesionbench.methods.wolleb_wargnier.method import WollebWargnier, noisy_attribution_constraint
 from test_wolleb import MODALITIES, brains, fields_read_by_fit
 
@@ -55,7 +55,7 @@ def test_the_bce_constraint_leaves_healthy_attributions_lower_than_no_constraint
         constraint = lambda n, xt, tt, y, index: noisy_attribution_constraint(n, xt, tt, y, train.brain[index], weight)  # noqa: E731
         torch.manual_seed(0)
         net.load_state_dict(train_classifier(net, x, train.labels, abar, Schedule(80, 8, 2e-3), torch.device("cpu"), NullLog(),
-                                             constraint=constraint))
+                                             constraint=constraint, seed=0))
         point = x_t.clone().requires_grad_(True)
         logits = net(point, t)
         (grad,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), point)
@@ -117,7 +117,7 @@ def test_fused_and_masked_maps_use_one_scale_per_dataset(data):
         restored.load_state_dict(method.state_dict())
         assert restored.scales == method.scales
         torch.testing.assert_close(restored.predict(images).maps, together)
-    outside = masked.edit_mask(masked._to_network_input(images))[:, 0, :32, :32] == 0
+    outside = masked.edit_mask(masked.to_network_input(images))[:, 0, :32, :32] == 0
     assert bool(outside.any()) and float(masked.predict(images).maps[outside].abs().max()) == 0.0
 
 
@@ -160,12 +160,12 @@ def test_the_default_constraint_binds_on_the_quick_guiding_classifier_at_64_px()
         config = WollebWargnier.make_config("quick", {"classifier_steps": 1, "classifier_batch_size": 8, "log_every": 1, **overrides})
         method = WollebWargnier(config, "cpu", MODALITIES)
         torch.manual_seed(0)
-        x = method._to_network_input(train.images).cpu()
-        method._build(x.shape[1:])
-        _, key = method._part_keys()
+        x = method.to_network_input(train.images).cpu()
+        method.build(x.shape[1:])
+        _, key = method.part_keys()
         schedule = Schedule(1, 8, config.classifier_lr, log_every=1, max_t=config.classifier_max_t)
         log = _MetricLog()
-        method._classifier_part(train, x, train.labels.long(), key, schedule, log)
+        method.classifier_part(train, x, train.labels.long(), key, schedule, log)
         shares[name] = log.values["classifier_constraint_grad_share"]
     assert len(shares["default"]) == 1 and shares["default"][0] >= 0.1 - 1e-6, shares
     assert max(shares["authors_scale"]) < 1e-2, shares

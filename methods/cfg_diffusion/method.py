@@ -29,7 +29,7 @@ top of that range because here the unconditional model also does all of the enco
 train for a few hundred steps only, so the null embedding needs its share of them); w = 2 by default
 (Sanchez et al.'s ``norm_cond_scale`` 3 = 1 + w); ``wolleb``'s networks (MONAI's ``DiffusionModelUNet``, class
 embedding added to the time embedding), schedule, training loop and DDIM functions, with its symmetric time
-grid and encoding from x itself (see ``lesionbench.methods.wolleb.sampling``); plain clipping where their code
+grid and encoding from x itself (see ``lesionbench.methods.diffusion.sampling``); plain clipping where their code
 also clamps x0 to its 99th spatial percentile (``dynamic_sampling``); no resblock dropout (theirs 0.1) and
 AdamW without weight decay (theirs 0.01), as ``wolleb``'s training loop has them. Decoding costs two UNet
 passes a step (batched as one of 2 B) where ``wolleb``'s costs one UNet pass and a classifier forward and
@@ -42,12 +42,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.method import SliceSet, Supervision
+from lesionbench.methods.diffusion.base import DiffusionMethod
 from lesionbench.parts import part_key, shapes
 from lesionbench.methods.cfg_diffusion.guidance import LabelDropout, classifier_free_eps_fn, labelled_eps_fn
-from lesionbench.methods.wolleb.networks import diffusion_unet, pad_to_multiple
-from lesionbench.methods.wolleb.sampling import ddim_encode, ddim_times, guided_ddim_decode, linear_schedule
-from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_denoiser
+from lesionbench.methods.diffusion.networks import diffusion_unet
+from lesionbench.methods.diffusion.sampling import ddim_encode, ddim_times, guided_ddim_decode, linear_schedule
+from lesionbench.methods.diffusion.training import Schedule, check_max_t, train_denoiser
+from lesionbench.training import autocast
 
 HEALTHY, LESION, NULL = 0, 1, 2  # NULL: the dropped label, i.e. the unconditional model
 DDPM_PART = "ddpm"
@@ -83,7 +85,7 @@ class CFGDiffusionConfig:
     log_every: int = 10
 
 
-class CFGDiffusion(Method):
+class CFGDiffusion(DiffusionMethod):
     name = "cfg-diffusion"
     description = ("Classifier-free guidance (Ho & Salimans 2022; Sanchez et al. 2022): a DDPM with label dropout; "
                    "encode unconditionally to L, decode guided to 'healthy'; map = |x - x_hat|")
@@ -122,8 +124,6 @@ class CFGDiffusion(Method):
         if c.guidance_scale < 0:
             raise ValueError(f"{self.name}: guidance_scale w must be >= 0 (0: the healthy-conditioned model alone), not {c.guidance_scale}")
         check_max_t(self.name, "train_max_t", c.train_max_t, c.noise_level, c.timesteps)
-        self.unet = None  # built in fit (or load_state_dict), once the slice shape is known
-        self.in_shape: tuple[int, int, int] | None = None  # (C, H, W) after padding
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
 
     @classmethod
@@ -139,7 +139,7 @@ class CFGDiffusion(Method):
 
     # -- networks --------------------------------------------------------------------------------------
 
-    def _build(self, in_shape) -> None:
+    def build(self, in_shape) -> None:
         c = self.config
         self.in_shape = tuple(int(v) for v in in_shape)
         # three class embeddings: healthy, lesion, and the null label of the unconditional model
@@ -150,17 +150,14 @@ class CFGDiffusion(Method):
         """The DDPM's cache key: the fields declared to shape it, the slice shape and the modalities."""
         return part_key(self.config, DDPM_PART, in_shape=list(self.in_shape), modalities=list(self.modalities))
 
-    def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, 2 ** (len(self.config.widths) - 1))
-
     # -- training --------------------------------------------------------------------------------------
 
     def fit(self, train: SliceSet, val: SliceSet, log) -> None:
         c = self.config
         if len(train) == 0 or train.labels.min() == train.labels.max():
             raise ValueError(f"{self.name}: training needs both healthy and lesion slices (image labels)")
-        x = self._to_network_input(train.images).cpu()
-        self._build(x.shape[1:])
+        x = self.network_input(train.images)  # converted batch by batch
+        self.build(x[:1].shape[1:])
         # its own stream from the run seed; the batch order's generator is seeded with the run seed itself
         dropout = torch.Generator().manual_seed(self.seed + 1)
         labels = LabelDropout(train.labels.long(), c.label_dropout, NULL, dropout)
@@ -187,26 +184,3 @@ class CFGDiffusion(Method):
         latent = ddim_encode(labelled_eps_fn(self.labelled_eps, NULL), x, times, self.alphas_cumprod, c.clip_denoised)
         guided = classifier_free_eps_fn(self.labelled_eps, HEALTHY, NULL, w)
         return guided_ddim_decode(guided, latent, times, self.alphas_cumprod, clip=c.clip_denoised)
-
-    @torch.no_grad()  # no gradient anywhere in classifier-free guidance
-    def predict(self, images: torch.Tensor) -> AnomalyOutput:
-        if self.unet is None:
-            raise RuntimeError(f"{self.name}: predict before fit or load_state_dict")
-        h, w = images.shape[-2:]
-        x = self._to_network_input(images)
-        maps = (x - self.translate(x)).abs().sum(dim=1)[:, :h, :w]
-        return AnomalyOutput(maps=maps.float().to(images.device))
-
-    # -- checkpoints -----------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        if self.unet is None:
-            return {}
-        return {"in_shape": list(self.in_shape), "unet": {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state:
-            self.unet = self.in_shape = None
-            return
-        self._build(tuple(state["in_shape"]))
-        self.unet.load_state_dict(state["unet"])

@@ -24,7 +24,6 @@ residual over a few pixels lifts the tumour's slightly higher error above the sp
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -32,27 +31,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
-from lesionbench.methods.wolleb.networks import diffusion_unet, pad_to_multiple
-from lesionbench.methods.wolleb.sampling import ddim_times, guided_ddim_decode, linear_schedule
-from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_denoiser
+from lesionbench.method import SliceSet, Supervision
+from lesionbench.methods.diffusion.base import DiffusionMethod
+from lesionbench.methods.diffusion.networks import diffusion_unet
+from lesionbench.methods.diffusion.sampling import ddim_times, guided_ddim_decode, linear_schedule
+from lesionbench.methods.diffusion.training import Schedule, check_max_t, train_denoiser
+from lesionbench.parts import part_key, shapes
+from lesionbench.training import autocast
+
+DDPM_PART = "ddpm"  # the trained part (cached by FitLog.cached)
 
 
 @dataclass
 class DDPMConfig:
-    timesteps: int = 1000  # T, linear schedule
-    widths: tuple[int, ...] = (16, 32, 64)
-    res_blocks: int = 1
-    attention: tuple[bool, ...] = (False, False, True)
-    norm_groups: int = 8
-    learn_sigma: bool = False
-    vlb_weight: float = 0.001
-    lr: float = 1e-3
-    batch_size: int = 32
-    steps: int = 220
-    max_minutes: float = 0.0
-    ema: float = 0.0
-    train_max_t: int = 0  # trained on t in {0, ..., train_max_t} only (>= L); 0 = all T
+    # the DDPM (shapes(): the fields its cached weights depend on, lesionbench.parts)
+    timesteps: int = shapes(DDPM_PART, default=1000)  # T, linear schedule
+    widths: tuple[int, ...] = shapes(DDPM_PART, default=(16, 32, 64))
+    res_blocks: int = shapes(DDPM_PART, default=1)
+    attention: tuple[bool, ...] = shapes(DDPM_PART, default=(False, False, True))
+    norm_groups: int = shapes(DDPM_PART, default=8)
+    learn_sigma: bool = shapes(DDPM_PART, default=False)
+    vlb_weight: float = shapes(DDPM_PART, default=0.001)
+    lr: float = shapes(DDPM_PART, default=1e-3)
+    batch_size: int = shapes(DDPM_PART, default=32)
+    steps: int = shapes(DDPM_PART, default=220)
+    max_minutes: float = shapes(DDPM_PART, default=0.0)
+    ema: float = shapes(DDPM_PART, default=0.0)
+    # trained on t in {0, ..., train_max_t} only (>= L); 0 = all T
+    train_max_t: int = shapes(DDPM_PART, default=0, omit_default=True)
+    # inference
     noise_level: int = 400  # L
     stride: int = 50  # timesteps per DDIM denoising step
     noise_seed: int = 0  # mixed with the run seed and the slice's content
@@ -62,7 +69,7 @@ class DDPMConfig:
     log_every: int = 10
 
 
-class DDPM(Method):
+class DDPM(DiffusionMethod):
     name = "ddpm"
     description = "AnoDDPM/pDDPM-style baseline: a DDPM on healthy slices; noise each slice to level L (seeded), denoise; map = residual"
     supervision = Supervision.NONE
@@ -71,16 +78,15 @@ class DDPM(Method):
         "smoke": dict(widths=(8, 16), attention=(False, False), norm_groups=4, steps=6, batch_size=8,
                       noise_level=200, stride=100, log_every=2),
         # the README's main job: a fixed number of steps; three narrow levels without attention (MONAI's middle block
-        # attends over every position of the lowest level: two levels (16, 32) at batch 32 took 1.4 s a step on 2 cores,
-        # three (8, 16, 32) at batch 16 0.26 s)
+        # attends over every position of the lowest level, which dominates a CPU step; docs/calibration.md#wolleb)
         "demo": dict(widths=(8, 16, 32), attention=(False, False, False), batch_size=16, steps=150,
                      noise_level=400, stride=200),
         # within design §3's 5 min per cell. Issue 19 item 3 (scripts/diagnose_ddpm.py, validation of synth-tumor):
         # the raw residual stays near chance at any budget a cell affords, so the map is smoothed (gaussian_sigma);
-        # the smoothed map improves steeply with training steps, so the narrow network without attention (0.45 s a
-        # batch-32 step on 2 cores against 1.44 s for (16, 32, 64) with attention, docs/calibration.md under wolleb)
-        # takes 450 steps in the time 150 of the wide one took; L = 100 beat 200 and 400 and needs 2 DDIM steps.
-        # The network trains only on t <= 500 (t <= 200 did worse).
+        # the smoothed map improves steeply with training steps, so the narrow network without attention (about a
+        # third of the wide one's step cost, docs/calibration.md#wolleb) takes 450 steps in the time 150 of the wide
+        # one took; L = 100 beat 200 and 400 and needs 2 DDIM steps. The network trains only on t <= 500 (t <= 200
+        # did worse). The measured curve: docs/calibration.md#ddpm.
         "quick": dict(widths=(8, 16, 32), attention=(False, False, False), steps=450, lr=1e-3, train_max_t=500,
                       noise_level=100, stride=50, gaussian_sigma=1.5),
         # pDDPM's / AnoDDPM's scale on a GPU: a full-width UNet, learned variances, EMA, fine DDIM steps
@@ -99,8 +105,6 @@ class DDPM(Method):
         check_max_t("ddpm", "train_max_t", c.train_max_t, c.noise_level, c.timesteps)
         if c.median_filter < 0 or c.gaussian_sigma < 0:
             raise ValueError("ddpm: median_filter and gaussian_sigma must be >= 0 (0 = none)")
-        self.unet = None
-        self.in_shape: tuple[int, int, int] | None = None
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
 
     @classmethod
@@ -112,40 +116,30 @@ class DDPM(Method):
             "gaussian_sigma": trial.suggest_categorical("gaussian_sigma", [0.0, 1.0, 1.5, 2.0]),
         }
 
-    def _multiple(self) -> int:
-        return 2 ** (len(self.config.widths) - 1)
-
-    def _build(self, in_shape) -> None:
+    def build(self, in_shape) -> None:
         c = self.config
         self.in_shape = tuple(int(v) for v in in_shape)
         self.unet = diffusion_unet(self.in_shape[0], c.widths, c.res_blocks, c.attention, c.norm_groups, c.learn_sigma, None)
         self.unet.to(self.device).eval()
-
-    def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, self._multiple())
 
     def fit(self, train: SliceSet, val: SliceSet, log) -> None:
         c = self.config
         train = train.healthy()  # the harness gives healthy slices only; this keeps it so
         if len(train) == 0:
             raise ValueError("ddpm: no healthy training slices")
-        x = self._to_network_input(train.images).cpu()
-        self._build(x.shape[1:])
-        config = dataclasses.asdict(c)
-        key = {k: config[k] for k in ("timesteps", "widths", "res_blocks", "attention", "norm_groups", "learn_sigma",
-                                      "vlb_weight", "lr", "batch_size", "steps", "max_minutes", "ema")}
-        key.update(in_shape=list(self.in_shape), modalities=list(self.modalities))
-        if c.train_max_t:  # only when set, so that the parts cached before the key existed still match
-            key["train_max_t"] = c.train_max_t
+        x = self.network_input(train.images)  # converted batch by batch
+        self.build(x[:1].shape[1:])
+        key = part_key(c, DDPM_PART, in_shape=list(self.in_shape), modalities=list(self.modalities))
         schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every, c.train_max_t)
-        state = log.cached("ddpm", key, lambda: train_denoiser(
-            self.unet, x, None, self.betas, self.alphas_cumprod, schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm"))
+        state = log.cached(DDPM_PART, key, lambda: train_denoiser(
+            self.unet, x, None, self.betas, self.alphas_cumprod, schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm",
+            seed=self.seed))
         self.unet.load_state_dict(state)
         self.unet.eval()
 
     def slice_noise(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise per slice from a generator seeded by (run seed, noise_seed, the slice's bytes)."""
-        run_seed = torch.initial_seed()  # set by the harness's seed_everything before predict
+        run_seed = self.seed
         noise = torch.empty_like(x, device="cpu")
         for i, slice_ in enumerate(x.detach().cpu().numpy()):
             digest = hashlib.blake2b(np.ascontiguousarray(slice_).tobytes(), digest_size=8,
@@ -154,7 +148,8 @@ class DDPM(Method):
             noise[i] = torch.randn(x.shape[1:], generator=generator)
         return noise.to(x.device)
 
-    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+    def translate(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input -> x_hat: noised to level L (seeded per slice), then denoised."""
         # x_L = sqrt(abar_L) x_0 + sqrt(1 - abar_L) eps (Ho et al. 2020, eq. 4), then DDIM steps back to t = 0
         c = self.config
         abar = float(self.alphas_cumprod[c.noise_level])
@@ -167,15 +162,9 @@ class DDPM(Method):
 
         return guided_ddim_decode(eps, x_level, ddim_times(c.noise_level, c.stride), self.alphas_cumprod, clip=c.clip_denoised)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> AnomalyOutput:
-        if self.unet is None:
-            raise RuntimeError("ddpm: predict before fit or load_state_dict")
-        h, w = images.shape[-2:]
-        x = self._to_network_input(images)
-        maps = (x - self.denoise(x)).abs().sum(dim=1)[:, :h, :w]
-        maps = self.post_process(maps, (images.to(maps.device) > 0).any(dim=1))
-        return AnomalyOutput(maps=maps.float().to(images.device))
+    def refine(self, maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The residual post-processed inside the brain (the voxels where some channel is above 0)."""
+        return self.post_process(maps, (images.to(maps.device) > 0).any(dim=1))
 
     def post_process(self, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """The residual [B, H, W] zeroed outside ``brain``, median-filtered and/or Gaussian-smoothed, masked again
@@ -189,18 +178,6 @@ class DDPM(Method):
         if c.gaussian_sigma > 0:
             maps = gaussian_filter(maps, c.gaussian_sigma)
         return maps * brain
-
-    def state_dict(self) -> dict:
-        if self.unet is None:
-            return {}
-        return {"in_shape": list(self.in_shape), "unet": {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state:
-            self.unet = self.in_shape = None
-            return
-        self._build(tuple(state["in_shape"]))
-        self.unet.load_state_dict(state["unet"])
 
 
 def median_filter(maps: torch.Tensor, k: int) -> torch.Tensor:

@@ -31,13 +31,15 @@ from dataclasses import dataclass
 
 import torch
 
-from lesionbench.method import AnomalyOutput, Method, SliceSet, Supervision
+from lesionbench.method import AnomalyOutput, SliceSet, Supervision
+from lesionbench.methods.diffusion.base import DiffusionMethod
 from lesionbench.parts import part_key, shapes
-from lesionbench.methods.wolleb.networks import diffusion_unet, noise_conditioned_classifier, pad_to_multiple
-from lesionbench.methods.wolleb.sampling import (
+from lesionbench.training import autocast
+from lesionbench.methods.diffusion.networks import diffusion_unet, noise_conditioned_classifier
+from lesionbench.methods.diffusion.sampling import (
     CLIP_X0, class_log_prob_gradient, ddim_encode, ddim_encode_trajectory, ddim_times, guided_ddim_decode, linear_schedule,
 )
-from lesionbench.methods.wolleb.training import Schedule, autocast, check_max_t, train_classifier, train_denoiser
+from lesionbench.methods.diffusion.training import Schedule, check_max_t, train_classifier, train_denoiser
 
 HEALTHY, LESION = 0, 1
 DDPM, CLASSIFIER = "ddpm", "classifier"  # the trained parts (cached by FitLog.cached)
@@ -85,7 +87,14 @@ class WollebConfig:
     log_every: int = 10
 
 
-class Wolleb(Method):
+class Wolleb(DiffusionMethod):
+    """The hooks a subclass may override or call (``wolleb-wargnier`` does): ``classifier_part`` (how the guiding
+    classifier is trained and cached), ``anomaly_maps`` (network input -> maps), and the steps they build on:
+    ``to_network_input``, ``translate``, ``residual``, ``eps_fn``, ``logits_fn``, ``part_keys``, ``build``,
+    ``multiple``; ``fit``, ``state_dict`` and ``load_state_dict`` extend through ``super()``."""
+
+    network_names = ("unet", "classifier")
+
     name = "wolleb"
     description = "Wolleb et al. 2022: DDIM-encode to level L, decode guided to 'healthy' by a noise-conditioned classifier; map = |x - x_hat|"
     supervision = Supervision.IMAGE
@@ -132,7 +141,6 @@ class Wolleb(Method):
         for key in ("train_max_t", "classifier_max_t"):
             check_max_t(self.name, key, getattr(c, key), c.noise_level, c.timesteps)
         self.unet = self.classifier = None  # built in fit (or load_state_dict), once the slice shape is known
-        self.in_shape: tuple[int, int, int] | None = None  # (C, H, W) after padding
         self.betas, self.alphas_cumprod = linear_schedule(c.timesteps)
 
     @classmethod
@@ -146,10 +154,10 @@ class Wolleb(Method):
 
     # -- networks --------------------------------------------------------------------------------------
 
-    def _multiple(self) -> int:
+    def multiple(self) -> int:
         return 2 ** max(len(self.config.widths) - 1, len(self.config.classifier_widths))
 
-    def _build(self, in_shape) -> None:
+    def build(self, in_shape) -> None:
         c = self.config
         self.in_shape = tuple(int(v) for v in in_shape)
         channels = self.in_shape[0]
@@ -157,13 +165,10 @@ class Wolleb(Method):
         self.classifier = noise_conditioned_classifier(channels, self.in_shape[1:], c.classifier_widths, c.classifier_res_blocks,
                                                        c.classifier_attention, c.norm_groups).to(self.device).eval()
 
-    def _part_keys(self) -> tuple[dict, dict]:
+    def part_keys(self) -> tuple[dict, dict]:
         """Each trained part's cache key: the fields declared to shape it, the slice shape and the modalities."""
         data = {"in_shape": list(self.in_shape), "modalities": list(self.modalities)}
         return part_key(self.config, DDPM, **data), part_key(self.config, CLASSIFIER, **data)
-
-    def _to_network_input(self, images: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(images.to(self.device, torch.float32) * 2 - 1, self._multiple())
 
     # -- training --------------------------------------------------------------------------------------
 
@@ -171,23 +176,23 @@ class Wolleb(Method):
         c = self.config
         if len(train) == 0 or train.labels.min() == train.labels.max():
             raise ValueError(f"{self.name}: training needs both healthy and lesion slices (image labels)")
-        x = self._to_network_input(train.images).cpu()
+        x = self.network_input(train.images)  # converted batch by batch
         labels = train.labels.long()
-        self._build(x.shape[1:])
-        ddpm_key, clf_key = self._part_keys()
+        self.build(x[:1].shape[1:])
+        ddpm_key, clf_key = self.part_keys()
         ddpm_schedule = Schedule(c.steps, c.batch_size, c.lr, c.max_minutes, c.ema, c.log_every, c.train_max_t)
         clf_schedule = Schedule(c.classifier_steps, c.classifier_batch_size, c.classifier_lr, c.classifier_minutes, 0.0, c.log_every,
                                 c.classifier_max_t)
         unet_state = log.cached(DDPM, ddpm_key, lambda: train_denoiser(
             self.unet, x, labels, self.betas, self.alphas_cumprod, ddpm_schedule, c.learn_sigma, c.vlb_weight, self.device, log, "ddpm",
             seed=self.seed))
-        clf_state = self._classifier_part(train, x, labels, clf_key, clf_schedule, log)
+        clf_state = self.classifier_part(train, x, labels, clf_key, clf_schedule, log)
         self.unet.load_state_dict(unet_state)
         self.classifier.load_state_dict(clf_state)
         self.unet.eval(), self.classifier.eval()
 
-    def _classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
-        """The trained noise-conditioned classifier (cached); ``x`` is ``train.images`` in [-1, 1], padded."""
+    def classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
+        """The trained noise-conditioned classifier (cached); ``x[index]``: training slices as network input."""
         return log.cached(CLASSIFIER, key, lambda: train_classifier(
             self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, seed=self.seed))
 
@@ -222,39 +227,23 @@ class Wolleb(Method):
         return guided_ddim_decode(eps, path[-1], times, self.alphas_cumprod, grad, scale, c.clip_denoised,
                                   mask=mask, trajectory=path, clip_x0=c.clip_x0)
 
-    def _residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] in [-1, 1] (padded) -> [B, H, W]: |x - x_hat| summed over channels."""
         return (x - self.translate(x, mask=mask)).abs().sum(dim=1)
 
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+    def anomaly_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The anomaly maps of padded inputs (``wolleb``: the residual)."""
-        return self._residual(x)
+        return self.residual(x)
 
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         if self.unet is None:
             raise RuntimeError(f"{self.name}: predict before fit or load_state_dict")
         h, w = images.shape[-2:]
-        x = self._to_network_input(images)
-        maps = self._maps(x)[:, :h, :w]
+        x = self.to_network_input(images)
+        maps = self.anomaly_maps(x)[:, :h, :w]
         scores = None
         if self.config.score == "classifier":
             with torch.no_grad():
                 t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
                 scores = torch.softmax(self.logits_fn(x, t0), dim=1)[:, LESION].to(images.device)
         return AnomalyOutput(maps=maps.float().to(images.device), scores=scores)
-
-    # -- checkpoints -----------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        if self.unet is None:
-            return {}
-        cpu = lambda net: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}  # noqa: E731
-        return {"in_shape": list(self.in_shape), "unet": cpu(self.unet), "classifier": cpu(self.classifier)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state:
-            self.unet = self.classifier = self.in_shape = None
-            return
-        self._build(tuple(state["in_shape"]))
-        self.unet.load_state_dict(state["unet"])
-        self.classifier.load_state_dict(state["classifier"])

@@ -57,17 +57,17 @@ import torch.nn.functional as F
 
 from lesionbench.method import SliceSet
 from lesionbench.parts import part_key, shapes
+from lesionbench.training import autocast, pad_to_multiple
 from lesionbench.regularisation import TermWatch
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wolleb.method import HEALTHY, LESION, Wolleb, WollebConfig
-from lesionbench.methods.wolleb.networks import pad_to_multiple
 from lesionbench.methods.wargnier.method import CONSTRAINT_WEIGHTINGS
-from lesionbench.methods.wolleb.training import Schedule, autocast, train_classifier
+from lesionbench.methods.diffusion.base import BACKGROUND
+from lesionbench.methods.diffusion.training import Schedule, train_classifier
 
 VARIANTS = ("guidance", "masked", "fusion")
 CONSTRAINED = "constrained_classifier"  # this method's trained part: wolleb's classifier fields and the constraint's
 MAP_ATTRIBUTIONS = ("input_x_gradient", "gradient")
-BACKGROUND = -1.0  # the background value of images scaled to [-1, 1]
 
 
 @dataclass
@@ -132,9 +132,8 @@ class WollebWargnier(Wolleb):
 
     # -- training ----------------------------------------------------------------------------------------
 
-    def _classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
+    def classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
         c = self.config
-        brain = self._padded_brain(train.brain)
         key = {**key, **part_key(c, CONSTRAINED)}
 
         watch = TermWatch("classifier_constraint")
@@ -144,7 +143,8 @@ class WollebWargnier(Wolleb):
 
         def constraint(network, x_t, t, y, index):
             step = next(steps)
-            term = noisy_attribution_constraint(network, x_t, t, y, brain[index].to(self.device), c.constraint_weight,
+            brain = self._padded_brain(train.brain[index]).to(self.device)
+            term = noisy_attribution_constraint(network, x_t, t, y, brain, c.constraint_weight,
                                                 c.constraint, c.constraint_scale)
             if term is None:
                 return None
@@ -159,16 +159,16 @@ class WollebWargnier(Wolleb):
                     watch.record(unweighted.item(), weight[0] * raw)
             return weight[0] * unweighted
 
-        def train():
+        def train_part():
             state = train_classifier(self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, "classifier",
                                      constraint, seed=self.seed)
             watch.check(log)
             return state
 
-        return log.cached(CONSTRAINED, key, train)
+        return log.cached(CONSTRAINED, key, train_part)
 
     def _padded_brain(self, brain: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(brain.float().unsqueeze(1), self._multiple(), value=0.0).squeeze(1) > 0.5
+        return pad_to_multiple(brain.float().unsqueeze(1), self.multiple(), value=0.0).squeeze(1) > 0.5
 
     def fit(self, train: SliceSet, val: SliceSet, log) -> None:
         super().fit(train, val, log)
@@ -184,11 +184,11 @@ class WollebWargnier(Wolleb):
             return
         generator = torch.Generator().manual_seed(self.seed)
         pick = torch.randperm(len(train), generator=generator)[: c.scale_slices]
-        chunks = [(self._to_network_input(train.images[part]), self._padded_brain(train.brain[part]).to(self.device))
+        chunks = [(self.to_network_input(train.images[part]), self._padded_brain(train.brain[part]).to(self.device))
                   for part in pick.split(8)]  # the sampler's memory grows with the batch
         self.scales["attribution"] = _scale(torch.cat([self.attribution_map(x)[b] for x, b in chunks]), c.scale_quantile)
         if c.variant == "fusion":
-            self.scales["residual"] = _scale(torch.cat([self._residual(x)[b] for x, b in chunks]), c.scale_quantile)
+            self.scales["residual"] = _scale(torch.cat([self.residual(x)[b] for x, b in chunks]), c.scale_quantile)
 
     # -- inference ---------------------------------------------------------------------------------------
 
@@ -222,11 +222,11 @@ class WollebWargnier(Wolleb):
             m = F.max_pool2d(m, k, stride=1, padding=c.mask_dilation)
         return m
 
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+    def anomaly_maps(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         if c.variant == "masked":
-            return self._residual(x, mask=self.edit_mask(x))
-        residual = self._residual(x)
+            return self.residual(x, mask=self.edit_mask(x))
+        residual = self.residual(x)
         if c.variant == "guidance":
             return residual
         w = c.fusion_weight

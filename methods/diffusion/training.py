@@ -1,18 +1,21 @@
-"""Training loops of the DDPM and of the noise-conditioned classifier (shared by ``wolleb`` and ``ddpm``).
+"""Training loops of a DDPM and of a noise-conditioned classifier (``wolleb``, ``wolleb-wargnier``, ``ddpm``,
+``cfg-diffusion``).
 
-Both take images already in [-1, 1]; both return plain state dicts (for ``FitLog.cached``)."""
+Both take images in [-1, 1] as an indexable ``x`` (``x[index]`` gives a batch: a tensor, or a
+:class:`~lesionbench.methods.diffusion.base.NetworkInput` converting a streamed split batch by batch) and
+the run seed, which orders the batches; both return plain state dicts (for ``FitLog.cached``)."""
 
 from __future__ import annotations
 
 import copy
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from lesionbench.methods.wolleb.sampling import hybrid_loss, q_sample
+from lesionbench.methods.diffusion.sampling import hybrid_loss, q_sample
+from lesionbench.training import autocast, out_of_time, shuffled_batches
 
 
 @dataclass
@@ -42,32 +45,13 @@ def _timesteps(schedule: Schedule, timesteps: int) -> int:
     return schedule.max_t + 1 if schedule.max_t else timesteps
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _batches(n: int, batch_size: int, seed: int):
-    """Endless full batches of shuffled indices; shuffling follows the run seed."""
-    order = torch.Generator().manual_seed(seed)
-    queue = torch.empty(0, dtype=torch.long)
-    batch_size = min(batch_size, n)
-    while True:
-        if len(queue) < batch_size:
-            queue = torch.cat([queue, torch.randperm(n, generator=order)])
-        index, queue = queue[:batch_size], queue[batch_size:]
-        yield index
-
-
 def _cpu_state(network) -> dict:
     return {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
 
 
 def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas: torch.Tensor, alphas_cumprod: torch.Tensor,
                    schedule: Schedule, learn_sigma: bool, vlb_weight: float, device: torch.device, log, prefix: str,
-                   seed: int | None = None) -> dict:
+                   *, seed: int) -> dict:
     """epsilon-MSE (Ho et al. 2020, L_simple) or, with ``learn_sigma``, the hybrid loss; t ~ U[0, T), or
     U{0, ..., schedule.max_t} when set (a sampler that never goes above L needs no larger t). ``labels``
     condition the network (class-conditional DDPM) unless None; ``seed`` (the run seed) orders the batches.
@@ -77,7 +61,7 @@ def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas:
     ema = copy.deepcopy(network).eval() if schedule.ema > 0 else None
     timesteps = _timesteps(schedule, len(betas))
     started = time.monotonic()
-    batches = _batches(len(x), schedule.batch_size, torch.initial_seed() if seed is None else seed)
+    batches = shuffled_batches(len(x), schedule.batch_size, seed)
     for step in range(1, schedule.steps + 1):
         index = next(batches)
         x0 = x[index].to(device, torch.float32)
@@ -98,19 +82,19 @@ def train_denoiser(network, x: torch.Tensor, labels: torch.Tensor | None, betas:
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), network.parameters()):
                     p_ema.lerp_(p, 1 - schedule.ema)
-        out_of_time = schedule.max_minutes > 0 and time.monotonic() - started > 60 * schedule.max_minutes
-        if step % schedule.log_every == 0 or step == schedule.steps or out_of_time:
+        timed_out = out_of_time(started, schedule.max_minutes)
+        if step % schedule.log_every == 0 or step == schedule.steps or timed_out:
             log.metric(f"{prefix}_loss", loss.item(), step)
             if vlb is not None:
                 log.metric(f"{prefix}_vlb", vlb.item(), step)
-        if out_of_time:
+        if timed_out:
             break
     network.eval()
     return _cpu_state(ema if ema is not None else network)
 
 
 def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, schedule: Schedule,
-                     device: torch.device, log, prefix: str = "classifier", constraint=None, seed: int | None = None) -> dict:
+                     device: torch.device, log, prefix: str = "classifier", constraint=None, *, seed: int) -> dict:
     """Cross-entropy on noisy slices x_t, t ~ U[0, T) (Wolleb et al. 2022, Sec. 2.1: the noise-conditioned classifier),
     or U{0, ..., schedule.max_t} when set (guidance only ever asks for t <= L).
     ``constraint(network, x_t, t, y, index)``, when given, returns a term added to the loss (``wolleb-wargnier``:
@@ -119,7 +103,7 @@ def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cump
     optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.lr, weight_decay=0.05)  # guided-diffusion's classifier_train defaults
     timesteps = _timesteps(schedule, len(alphas_cumprod))
     started = time.monotonic()
-    batches = _batches(len(x), schedule.batch_size, torch.initial_seed() if seed is None else seed)
+    batches = shuffled_batches(len(x), schedule.batch_size, seed)
     for step in range(1, schedule.steps + 1):
         index = next(batches)
         x0 = x[index].to(device, torch.float32)
@@ -135,13 +119,13 @@ def train_classifier(network, x: torch.Tensor, labels: torch.Tensor, alphas_cump
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        out_of_time = schedule.max_minutes > 0 and time.monotonic() - started > 60 * schedule.max_minutes
-        if step % schedule.log_every == 0 or step == schedule.steps or out_of_time:
+        timed_out = out_of_time(started, schedule.max_minutes)
+        if step % schedule.log_every == 0 or step == schedule.steps or timed_out:
             log.metric(f"{prefix}_loss", loss.item(), step)
             log.metric(f"{prefix}_accuracy", (logits.argmax(1) == y).float().mean().item(), step)
             if extra is not None:
                 log.metric(f"{prefix}_constraint", extra.item(), step)
-        if out_of_time:
+        if timed_out:
             break
     network.eval()
     return _cpu_state(network)

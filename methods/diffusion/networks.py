@@ -1,11 +1,9 @@
-"""The two networks of Wolleb et al. 2022, built from MONAI's diffusion components (imported lazily)."""
+"""The networks of the diffusion methods (a DDPM UNet; Wolleb et al. 2022's noise-conditioned classifier), built
+from MONAI's diffusion components (imported lazily)."""
 
 from __future__ import annotations
 
 from typing import Sequence
-
-import torch
-import torch.nn.functional as F
 
 
 def diffusion_unet(in_channels: int, widths: Sequence[int], res_blocks: int, attention: Sequence[bool],
@@ -35,9 +33,3 @@ def noise_conditioned_classifier(in_channels: int, input_shape: tuple[int, int],
         num_res_blocks=res_blocks, channels=tuple(widths), attention_levels=tuple(attention),
         norm_num_groups=norm_groups, num_head_channels=tuple(widths), resblock_updown=True,
     )
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = -1.0) -> torch.Tensor:
-    """Pad H and W (bottom, right) to a multiple of ``multiple`` with the background value (-1 in [-1, 1])."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), value=value)
