@@ -48,6 +48,9 @@ class DataConfig:
     depth: int = 32  # synthetic sets: axial slices per subject
     seed: int = 0  # synthetic sets: generator seed (independent of run seeds and of the split seed)
     predict_batch: int = 64  # slices per predict call
+    # how the prepared-case cache stores images: "float32" (exact) or "float16" (half the bytes; values in
+    # [0, 1] keep ~3 significant digits)
+    cache_dtype: str = "float32"
 
     def __post_init__(self):
         """Every ``data.*`` value in its range: an inverted clip or a fraction above 1 would run and mislead."""
@@ -71,6 +74,7 @@ class DataConfig:
         need(self.subjects >= 1, f"data.subjects={self.subjects}: give 1 or more")
         need(self.depth >= MIN_DEPTH, f"data.depth={self.depth}: the synthetic sets need {MIN_DEPTH} slices or more")
         need(self.seed >= 0, f"data.seed={self.seed}: give 0 or more")
+        need(self.cache_dtype in ("float32", "float16"), f"data.cache_dtype={self.cache_dtype!r}: give float32 or float16")
         need(self.predict_batch >= 1, f"data.predict_batch={self.predict_batch}: give 1 or more")
         if problems:
             raise ConfigError("; ".join(problems))

@@ -11,6 +11,8 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
+from lesionbench.streaming import StreamedArray
+
 
 class Supervision(enum.Enum):
     NONE = "none"  # trained on healthy slices only
@@ -23,17 +25,24 @@ class SliceSet:
 
     Lesion masks, adapters and cache paths are absent from this object by construction (design §3).
     images: float32 [N, C, H, W] (normalised to [0, 1] inside the brain, 0 outside);
-    labels: int64 [N] (0 healthy, 1 lesion); brain: bool [N, H, W].
+    labels: int64 [N] (0 healthy, 1 lesion), in memory; brain: bool [N, H, W].
+
+    Two backings, one interface: tensors (build one from tensors, as tests and plugins do), or read-only
+    views streaming from the prepared-case cache (what the harness gives methods:
+    :class:`lesionbench.streaming.StreamedArray`). Use ``len(s)``, ``s.images.shape``, ``s.images[index]`` and
+    ``s.brain[index]`` (index: int, slice, list or LongTensor; a float32 / bool tensor comes back),
+    ``s.labels``, ``s.healthy()`` and ``s.modalities``; a streamed set never needs the whole split in memory
+    and refuses to be pickled.
     """
 
-    images: torch.Tensor
+    images: Any  # torch.Tensor or StreamedArray
     labels: torch.Tensor
-    brain: torch.Tensor
+    brain: Any  # torch.Tensor or StreamedArray
     modalities: tuple[str, ...]
 
     def __post_init__(self):
         n = self.images.shape[0]
-        if self.labels.shape != (n,) or self.brain.shape != (n, *self.images.shape[2:]):
+        if self.labels.shape != (n,) or tuple(self.brain.shape) != (n, *self.images.shape[2:]):
             raise ValueError(
                 f"SliceSet shapes disagree: images {tuple(self.images.shape)}, labels {tuple(self.labels.shape)}, "
                 f"brain {tuple(self.brain.shape)}"
@@ -42,8 +51,16 @@ class SliceSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, StreamedArray)
+
     def healthy(self) -> "SliceSet":
+        """The healthy slices (label 0): a view of a streamed set (no copy), a copy of a tensor-backed one."""
         keep = self.labels == 0
+        if self.streamed:
+            rows = torch.nonzero(keep).flatten()
+            return SliceSet(self.images.remap(rows), self.labels[keep], self.brain.remap(rows), self.modalities)
         return SliceSet(self.images[keep], self.labels[keep], self.brain[keep], self.modalities)
 
 

@@ -24,11 +24,14 @@ import torch
 from lesionbench.config import DataConfig, stable_hash
 from lesionbench.filenames import safe_name
 from lesionbench.method import SliceSet, Supervision
-from lesionbench.preprocessing import Geometry, NativeMasks, PreparedCase, prepare_case
+from lesionbench import streaming
+from lesionbench.casestore import SUFFIX, CorruptEntry, StoredCase, write_case
+from lesionbench.preprocessing import Geometry, PreparedCase, prepare_case
 from lesionbench.splits import cases_in
 from lesionbench.volume import DataError, DatasetAdapter, Volume
 
 CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+STORE_FORMAT = 1  # bump when the layout of a case file changes (lesionbench.casestore)
 
 #: DataConfig fields that change preprocessing (and so the cache key and the cell).
 PREPROCESSING_KEYS = ("modalities", "size", "min_lesion_voxels", "clip_low", "clip_high")
@@ -43,15 +46,14 @@ class PreparedDataset:
         self.split = dict(split)
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, PreparedCase] = {}
-        self.cache_hits = 0
+        self.cache_hits = 0  # case files read from the cache (not prepared)
         self.skip_bad = skip_bad
         self.skipped: dict[str, str] = {}  # case -> why (with skip_bad)
         self.fold = None  # the cross-validation fold this split is (set by the runner), or None
+        for case in self.split:  # every case id names a cache file: refused up front when it cannot
+            safe_name(case, f"dataset {self.name}: case id")
         self._screen()
-        self.geometry, self.modalities, prepared = self._fit_geometry()
-        for case in prepared:  # training cases prepared while fitting the geometry
-            self._store(case, prepared[case])
+        self.geometry, self.modalities = self._fit_geometry()
 
     # -- bad cases ----------------------------------------------------------------------------------
     def _screen(self) -> None:
@@ -81,7 +83,7 @@ class PreparedDataset:
             self.skipped[case] = why
             self.split.pop(case, None)
 
-    def _cases(self, part: str) -> list[PreparedCase]:
+    def _cases(self, part: str) -> list[StoredCase]:
         out = []
         for case in cases_in(self.split, part):
             try:
@@ -102,33 +104,36 @@ class PreparedDataset:
             volume = volume.select(tuple(self.data.modalities))
         return volume
 
-    def _fit_geometry(self) -> tuple[Geometry, tuple[str, ...], dict[str, PreparedCase]]:
+    def _fit_geometry(self) -> tuple[Geometry, tuple[str, ...]]:
+        """The crop box around the training cases' brains, one volume at a time (a box per volume, combined)."""
         train = cases_in(self.split, "train")
         key = stable_hash(["geometry", CACHE_FORMAT, [self.adapter.fingerprint(c) for c in train], self.data.size, list(self.data.modalities)])
         path = self.cache_dir / f"geometry-{key}.json"
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
-                return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"]), {}
+                return Geometry.from_dict(saved["geometry"]), tuple(saved["modalities"])
             except FileNotFoundError:
                 pass  # another worker set it aside a moment ago
             except Exception as exc:  # truncated or edited: fitted again
                 set_aside(path, exc)
-        volumes, bad = {}, {}
+        shapes, boxes, bad, modalities = [], [], {}, None
         for c in train:
             try:
-                volumes[c] = self._load_volume(c)
+                volume = self._load_volume(c)
             except DataError as exc:
                 bad[c] = str(exc)
+                continue
+            modalities = modalities or volume.modalities
+            shapes.append(volume.brain.shape[1:])
+            boxes.append(Geometry.brain_box(volume.brain))
+            del volume  # one raw volume in memory at a time
         self._refuse_or_skip(bad)
-        if not volumes:
+        if not boxes:
             raise DataError(f"dataset {self.name}: no usable training case")
-        modalities = next(iter(volumes.values())).modalities
-        geometry = Geometry.fit([v.brain for v in volumes.values()], self.data.size)
-        # prepare now: the raw volumes are already loaded
-        prepared = {case: self._prepare(volume, geometry, modalities) for case, volume in volumes.items()}
+        geometry = Geometry.fit_boxes(shapes, boxes, self.data.size)
         _atomic_write_text(path, json.dumps({"geometry": geometry.to_dict(), "modalities": list(modalities)}))
-        return geometry, modalities, prepared
+        return geometry, modalities
 
     def _prepare(self, volume: Volume, geometry: Geometry, modalities: tuple[str, ...]) -> PreparedCase:
         if volume.modalities != modalities:
@@ -146,71 +151,64 @@ class PreparedDataset:
             "modalities": list(self.modalities),
             "geometry": self.geometry.to_dict(),
             "format": CACHE_FORMAT,
+            # float32 is the historic store: left out of the dict so that its cells and trained parts keep their keys
+            **({"cache_dtype": self.data.cache_dtype} if self.data.cache_dtype != "float32" else {}),
         }
 
     def _case_path(self, case: str) -> Path:
-        key = stable_hash([self.adapter.fingerprint(case), self.preprocessing])
-        return self.cache_dir / f"{safe_name(self.name, 'dataset name')}-{safe_name(case, f'dataset {self.name}: case id')}-{key}.npz"
+        key = stable_hash([self.adapter.fingerprint(case), self.preprocessing, STORE_FORMAT, self.data.cache_dtype])
+        return self.cache_dir / f"{safe_name(self.name, 'dataset name')}-{safe_name(case, f'dataset {self.name}: case id')}-{key}{SUFFIX}"
 
-    def _store(self, case: str, prepared: PreparedCase) -> None:
-        self._cache[case] = prepared
-        path = self._case_path(case)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # workers sharing the cache write their own temp file
-        native = prepared.native
-        np.savez(tmp, image=prepared.image, brain=prepared.brain, lesion=prepared.lesion, labels=prepared.labels,
-                 native_shape=np.array(native.shape), native_brain=native.brain_bits, native_lesion=native.lesion_bits)
-        os.replace(tmp, path)
-
-    def case(self, case: str) -> PreparedCase:
-        if case in self._cache:
-            return self._cache[case]
+    def case(self, case: str) -> StoredCase:
+        """A prepared case, read on demand from its cache file (prepared and written first when absent; an
+        unreadable file is set aside and the case prepared again). Nothing is kept in memory here."""
         path = self._case_path(case)
         if path.exists():
             try:
-                with np.load(path) as z:
-                    native = NativeMasks(tuple(int(s) for s in z["native_shape"]), z["native_brain"], z["native_lesion"])
-                    prepared = PreparedCase(case, z["image"], z["brain"], z["lesion"], z["labels"], self.modalities, native)
+                stored = StoredCase(path, case, self.modalities)
             except FileNotFoundError:
-                prepared = None  # another worker set it aside a moment ago
-            except Exception as exc:  # truncated or corrupt (numpy and zipfile raise many types): prepared again
+                stored = None  # another worker set it aside a moment ago
+            except (CorruptEntry, OSError) as exc:  # truncated or overwritten: prepared again
                 set_aside(path, exc)
-                prepared = None
-            if prepared is not None:
+                stored = None
+            if stored is not None:
                 self.cache_hits += 1
-                self._cache[case] = prepared
-                return prepared
+                return stored
         prepared = self._prepare(self._load_volume(case), self.geometry, self.modalities)
-        self._store(case, prepared)
-        return prepared
+        write_case(path, prepared, self.data.cache_dtype)
+        del prepared
+        return StoredCase(path, case, self.modalities)
 
     # -- what the method and the evaluation see --------------------------------------------------
     def slice_set(self, part: str, supervision: Supervision) -> SliceSet:
         """Training or validation slices for a method: no lesion mask, no adapter, no path."""
         if part not in ("train", "val"):
             raise ValueError(f"methods see only the train and val splits, not {part!r}")
-        images, labels, brains = [], [], []
+        sources, rows, slices, labels = [], [], [], []
         min_brain = self.data.min_brain_fraction * self.data.size**2
-        for prepared in self._cases(part):
-            keep = (prepared.labels >= 0) & (prepared.brain.sum(axis=(1, 2)) >= min_brain)
+        for stored in self._cases(part):
+            keep = (stored.labels >= 0) & (stored.brain_voxels >= min_brain)
             if supervision is Supervision.NONE:
-                keep &= prepared.labels == 0
-            images.append(prepared.image[:, keep].transpose(1, 0, 2, 3))
-            labels.append(prepared.labels[keep].astype(np.int64))
-            brains.append(prepared.brain[keep])
-        if not images:
-            c, s = len(self.modalities), self.data.size
-            return SliceSet(torch.zeros(0, c, s, s), torch.zeros(0, dtype=torch.long), torch.zeros(0, s, s, dtype=torch.bool), self.modalities)
+                keep &= stored.labels == 0
+            z = np.flatnonzero(keep)
+            rows.append(np.full(len(z), len(sources), np.int32))
+            slices.append(z.astype(np.int32))
+            labels.append(stored.labels[z].astype(np.int64))
+            sources.append(stored.stream_source())  # images and brain masks only: no lesion, no adapter
+        c, s = len(self.modalities), self.data.size
+        handle = streaming.register(sources)
+        row, z = (np.concatenate(rows), np.concatenate(slices)) if rows else (np.zeros(0, np.int32),) * 2
         return SliceSet(
-            torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
-            torch.from_numpy(np.concatenate(labels)),
-            torch.from_numpy(np.concatenate(brains)),
+            streaming.StreamedArray(handle, row, z, "image", (c, s, s)),
+            torch.from_numpy(np.concatenate(labels) if labels else np.zeros(0, np.int64)),
+            streaming.StreamedArray(handle, row, z, "brain", (s, s)),
             self.modalities,
         )
 
-    def val_cases(self) -> list[PreparedCase]:
+    def val_cases(self) -> list[StoredCase]:
         return self._cases("val")
 
-    def test_cases(self) -> list[PreparedCase]:
+    def test_cases(self) -> list[StoredCase]:
         """The test split: for the final evaluation only."""
         return self._cases("test")
 

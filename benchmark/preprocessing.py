@@ -53,16 +53,30 @@ class Geometry:
     def fit(cls, brains: list[np.ndarray], size: int, margin: int = 2) -> "Geometry":
         """The square box around the union of the given brain masks (the training cases), never smaller than
         ``size`` (no upsampling)."""
-        shapes = {b.shape[1:] for b in brains}
+        return cls.fit_boxes([b.shape[1:] for b in brains], [cls.brain_box(b) for b in brains], size, margin)
+
+    @staticmethod
+    def brain_box(brain: np.ndarray) -> tuple[int, int, int, int]:
+        """In-plane bounding box [y0, y1, x0, x1) of a [D, H, W] brain mask (one volume: fit a dataset from
+        these, one volume in memory at a time)."""
+        plane = brain.any(axis=0)
+        ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        if not len(ys):
+            raise DataError("empty brain mask")
+        return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+
+    @classmethod
+    def fit_boxes(cls, shapes: list[tuple[int, int]], boxes: list[tuple[int, int, int, int]], size: int, margin: int = 2) -> "Geometry":
+        """:meth:`fit` from per-volume in-plane shapes and brain boxes (:meth:`brain_box`)."""
+        shapes = {tuple(s) for s in shapes}
         if len(shapes) != 1:
             raise DataError(f"cases have different in-plane shapes {sorted(shapes)}: one crop box needs one grid")
-        (h, w), union = shapes.pop(), np.zeros(brains[0].shape[1:], bool)
-        for b in brains:
-            union |= b.any(axis=0)
-        ys, xs = np.nonzero(union)
-        side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) + 2 * margin
+        h, w = shapes.pop()
+        ymin, ymax = min(b[0] for b in boxes), max(b[1] for b in boxes) - 1
+        xmin, xmax = min(b[2] for b in boxes), max(b[3] for b in boxes) - 1
+        side = max(ymax - ymin + 1, xmax - xmin + 1) + 2 * margin
         side = max(side, size)
-        cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
+        cy, cx = (ymin + ymax + 1) // 2, (xmin + xmax + 1) // 2
         y0, x0 = cy - side // 2, cx - side // 2
         return cls((h, w), (int(y0), int(y0 + side), int(x0), int(x0 + side)), int(size))
 

@@ -189,7 +189,7 @@ def test_a_case_id_that_is_a_path_never_reaches_the_cache(tmp_path):
     split["../toy-01"] = split.pop("toy-01")
     with pytest.raises(ConfigError, match="case id '../toy-01' cannot name a file"):
         PreparedDataset(Escaping(), DataConfig(size=16), split, tmp_path / "cache")
-    assert not list(tmp_path.glob("*.npz"))
+    assert not list(tmp_path.glob("*.case"))
 
 
 def test_root_splits_at_the_first_equals_and_a_bare_path_may_hold_one():
@@ -379,7 +379,7 @@ def test_a_truncated_prepared_case_is_set_aside_named_and_prepared_again(tmp_pat
     cache = tmp_path / "cache"
     first = PreparedDataset(ToyAdapter(subjects=10), DataConfig(size=16), TOY_SPLIT, cache)
     expected = {c.case_id: c.image.copy() for c in first.test_cases()}
-    entries = [e for e in cache.glob("toy-*.npz") if e.name.split("-")[2] in ("06", "07")]  # the test cases
+    entries = [e for e in cache.glob("toy-*.case") if e.name.split("-")[2] in ("06", "07")]  # the test cases
     assert len(entries) == 2
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:400])
@@ -395,4 +395,4 @@ def test_a_truncated_prepared_case_is_set_aside_named_and_prepared_again(tmp_pat
     assert {c.case_id: c.image for c in cases}.keys() == expected.keys()
     assert all(np.array_equal(c.image, expected[c.case_id]) for c in cases)
     assert geometry.with_name(geometry.name + ".corrupt").exists()
-    assert sorted(cache.glob("toy-*.npz.corrupt")) == sorted(e.with_name(e.name + ".corrupt") for e in entries)
+    assert sorted(cache.glob("toy-*.case.corrupt")) == sorted(e.with_name(e.name + ".corrupt") for e in entries)
