@@ -21,19 +21,11 @@ class Supervision(enum.Enum):
 
 @dataclass(frozen=True)
 class SliceSet:
-    """What a method may see of a split: images, image labels, brain masks and modality names.
-
-    Lesion masks, adapters and cache paths are absent from this object by construction (design §3).
-    images: float32 [N, C, H, W] (normalised to [0, 1] inside the brain, 0 outside);
-    labels: int64 [N] (0 healthy, 1 lesion), in memory; brain: bool [N, H, W].
-
-    Two backings, one interface: tensors (build one from tensors, as tests and plugins do), or read-only
-    views streaming from the prepared-case cache (what the harness gives methods:
-    :class:`lesionbench.streaming.StreamedArray`). Use ``len(s)``, ``s.images.shape``, ``s.images[index]`` and
-    ``s.brain[index]`` (index: int, slice, list or LongTensor; a float32 / bool tensor comes back),
-    ``s.labels``, ``s.healthy()`` and ``s.modalities``; a streamed set never needs the whole split in memory
-    and refuses to be pickled.
-    """
+    """What a method sees of a split, never a lesion mask, adapter or cache path (design §3). images: float32 [N, C, H,
+    W] in [0, 1] inside the brain, 0 outside; labels: int64 [N] (0 healthy, 1 lesion), in memory; brain: bool [N, H, W].
+    images and brain are tensors (as tests and plugins build them) or read-only views streaming from the cache (the
+    harness's; unpicklable): use ``len(s)``, ``.shape`` and ``s.images[index]`` / ``s.brain[index]`` (int, slice,
+    list or LongTensor), which give tensors; never hold the whole split."""
 
     images: Any  # torch.Tensor or StreamedArray
     labels: torch.Tensor
@@ -51,14 +43,10 @@ class SliceSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.images, StreamedArray)
-
     def healthy(self) -> "SliceSet":
         """The healthy slices (label 0): a view of a streamed set (no copy), a copy of a tensor-backed one."""
         keep = self.labels == 0
-        if self.streamed:
+        if isinstance(self.images, StreamedArray):
             rows = torch.nonzero(keep).flatten()
             return SliceSet(self.images.remap(rows), self.labels[keep], self.brain.remap(rows), self.modalities)
         return SliceSet(self.images[keep], self.labels[keep], self.brain[keep], self.modalities)
@@ -91,10 +79,9 @@ class FitLog(Protocol):
         warnings), e.g. a regularising term that never moved (``lesionbench.regularisation``)."""
 
     def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
-        """A trained part (e.g. a DDPM, a classifier) as a state dict, trained by ``train()`` only when no
-        cache entry exists for (part, key, the data and split, the run seed). ``key`` holds the part's
-        own hyperparameters (not the whole config), so variants sharing the part do not retrain it.
-        The state dict must hold tensors and plain Python values (loaded with ``weights_only=True``)."""
+        """A trained part (a DDPM, a classifier) as a state dict of tensors and plain values, trained by ``train()``
+        only when no cache entry exists for (part, key, data, split, run seed). ``key``: the hyperparameters that
+        shape the part (``lesionbench.parts`` derives it), so variants sharing the part do not retrain it."""
 
 
 class NullLog:
@@ -117,13 +104,9 @@ class NullLog:
 
 
 class Method(abc.ABC):
-    """Base class of every anomaly detection method.
-
-    Subclasses set ``name``, ``description`` (one line), ``supervision``, ``Config`` (a dataclass of
-    hyperparameters with typed defaults) and ``profiles`` (``smoke``, ``demo``, ``quick``, ``paper``:
-    each a dict of Config overrides). ``fit`` trains; ``predict`` is inference only. The harness does
-    not wrap ``predict`` in ``no_grad``: methods turn gradients off where they can.
-    """
+    """Base class of every method: set ``name``, ``description`` (one line), ``supervision``, ``Config`` (a dataclass
+    of typed hyperparameters) and ``profiles`` (smoke, demo, quick, paper: Config overrides). ``fit`` trains (the loop's
+    building blocks: ``lesionbench.training``); ``predict`` is inference only, not wrapped in ``no_grad``."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -131,16 +114,14 @@ class Method(abc.ABC):
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "demo": {}, "quick": {}, "paper": {}}
     dims: ClassVar[int] = 2
-    #: whose cache of trained parts ``log.cached`` reads and writes (default: ``name``). A method built
-    #: on another's parts names that method, so equal parts (same part name and key) are trained once.
+    #: whose trained parts ``log.cached`` shares (default: ``name``): equal parts of two methods train once
     parts_owner: ClassVar[str | None] = None
     #: hyperparameters whose values are part of the default row label, ``name[key=value]`` (a method's variants)
     label_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config, device: torch.device | str = "cpu", modalities: tuple[str, ...] = (), seed: int = 0):
         self.config, self.seed = config, int(seed)  # the run seed: every random stream of the method derives from it
-        self.device = torch.device(device)
-        self.modalities = tuple(modalities)
+        self.device, self.modalities = torch.device(device), tuple(modalities)
 
     @classmethod
     def make_config(cls, profile: str = "quick", overrides: dict[str, Any] | None = None):

@@ -85,6 +85,7 @@ METHOD_CONTEXT = {
     ("wolleb-wargnier", "log_every"): dict(constraint_weight=1e-4, classifier_steps=3),  # the capped weight is re-estimated every log_every steps
     ("saliency", "zero_reference"): dict(map_attributions=("expected_gradients",), eval_every=1),
     ("fanogan", "eval_every"): dict(eval_every=0),
+    ("fanogan", "batch_size"): dict(batch_size=4),  # the tiny set has 8 healthy slices: larger batches are all of them
 }
 
 

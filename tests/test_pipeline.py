@@ -9,6 +9,7 @@ import torch
 
 from conftest import ToyAdapter
 from lesionbench.config import ConfigError, DataConfig
+from lesionbench.streaming import StreamedArray
 from lesionbench.method import SliceSet, Supervision
 from lesionbench.pipeline import PreparedDataset
 from lesionbench.preprocessing import AMBIGUOUS, Geometry, normalise, slice_labels
@@ -102,7 +103,7 @@ def test_train_set_has_no_mask_adapter_or_path_even_pickled(tmp_path):
     ToyAdapter.events.clear()
     ds, split = _toy_dataset(tmp_path)
     train = ds.slice_set("train", Supervision.IMAGE)
-    assert isinstance(train, SliceSet) and train.streamed
+    assert isinstance(train, SliceSet) and isinstance(train.images, StreamedArray)
     with pytest.raises(TypeError, match="streamed SliceSet cannot be pickled"):
         pickle.dumps(train)  # it streams from this process's cache (tests/test_streaming.py walks its objects)
     # what a method can copy out of it (every slice, as tensors) holds no mask, adapter or path either

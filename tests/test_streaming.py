@@ -77,7 +77,7 @@ def _reachable(root):
 def test_the_view_reaches_images_brain_masks_and_labels_only(tmp_path):
     ds, _ = _dataset(tmp_path)
     for train in (ds.slice_set("train", Supervision.IMAGE), ds.slice_set("train", Supervision.IMAGE).healthy()):
-        assert train.streamed and isinstance(train.images, StreamedArray) and isinstance(train.brain, StreamedArray)
+        assert isinstance(train.images, StreamedArray) and isinstance(train.brain, StreamedArray)
         objects = _reachable(train)
         kinds = {type(o).__name__ for o in objects}
         assert kinds <= {"SliceSet", "StreamedArray", "_Handle", "Tensor", "ndarray", "tuple", "str", "int", "Size", "dict"}, kinds
@@ -142,14 +142,14 @@ def test_healthy_is_a_view_sharing_the_mapped_files(tmp_path):
     ds, _ = _dataset(tmp_path)
     train = ds.slice_set("train", Supervision.IMAGE)
     healthy = train.healthy()
-    assert healthy.streamed and healthy.images._handle is train.images._handle
+    assert isinstance(healthy.images, StreamedArray) and healthy.images._handle is train.images._handle
     keep = train.labels == 0
     assert len(healthy) == int(keep.sum()) < len(train)
     assert torch.equal(healthy.images[:], train.images[keep]) and torch.equal(healthy.brain[:], train.brain[keep])
     assert (healthy.labels == 0).all()
     # the tensor-backed constructor still works, and its healthy() is plain tensors
     plain = SliceSet(train.images[:], train.labels, train.brain[:], train.modalities)
-    assert not plain.streamed and torch.equal(plain.healthy().images, healthy.images[:])
+    assert not isinstance(plain.images, StreamedArray) and torch.equal(plain.healthy().images, healthy.images[:])
 
 
 def test_a_truncated_mapped_file_is_set_aside_and_prepared_again(tmp_path):

@@ -27,11 +27,14 @@ class ZScore(Method):
     Config = ZScoreConfig
     profiles = {"smoke": {}, "demo": {}, "quick": {}, "paper": {}}
 
-    def fit(self, train, val, log) -> None:
-        images, brains = train.images, train.brain  # [N, C, H, W], [N, H, W]: healthy slices only
-        inside = brains.unsqueeze(1).expand_as(images)
-        values = images.transpose(0, 1)[inside.transpose(0, 1)].reshape(images.shape[1], -1).double()
-        self.mean, self.std = values.mean(dim=1).float(), values.std(dim=1).float().clamp_min(1e-6)
+    def fit(self, train, val, log) -> None:  # healthy slices only, read 256 at a time (never the whole set)
+        n = s1 = s2 = 0
+        for start in range(0, len(train), 256):
+            x = train.images[start:start + 256].double()  # [B, C, H, W]
+            inside = train.brain[start:start + 256].unsqueeze(1).expand_as(x)  # [B, H, W] -> [B, C, H, W]
+            n, s1, s2 = n + inside.sum((0, 2, 3)), s1 + (x * inside).sum((0, 2, 3)), s2 + (x * x * inside).sum((0, 2, 3))
+        self.mean = (s1 / n).float()
+        self.std = ((s2 - n * (s1 / n) ** 2) / (n - 1)).sqrt().float().clamp_min(1e-6)
         log.metric("healthy_std_mean", float(self.std.mean()), 0)
 
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
