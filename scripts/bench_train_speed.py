@@ -140,30 +140,22 @@ class Task:
         raise NotImplementedError
 
 
-class DdpmLoss(nn.Module):
-    def __init__(self, net, alphas_cumprod):
+class StepLoss(nn.Module):
+    """q_sample, the network and its loss in one module (what torch.compile compiles): the DDPM's epsilon-MSE, or the
+    noise-conditioned classifier's cross-entropy."""
+
+    def __init__(self, net, alphas_cumprod, classifier: bool):
         super().__init__()
-        self.net = net
+        self.net, self.classifier = net, classifier
         self.register_buffer("alphas_cumprod", alphas_cumprod)
 
     def forward(self, x0, t, noise, y):
         from lesionbench.methods.diffusion.sampling import q_sample
 
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
+        if self.classifier:
+            return F.cross_entropy(self.net(x_t, t).float(), y)
         return F.mse_loss(self.net(x_t, t, class_labels=y).float(), noise)
-
-
-class ClassifierLoss(nn.Module):
-    def __init__(self, net, alphas_cumprod):
-        super().__init__()
-        self.net = net
-        self.register_buffer("alphas_cumprod", alphas_cumprod)
-
-    def forward(self, x0, t, noise, y):
-        from lesionbench.methods.diffusion.sampling import q_sample
-
-        x_t = q_sample(x0, t, noise, self.alphas_cumprod)
-        return F.cross_entropy(self.net(x_t, t).float(), y)
 
 
 class SaliencyLoss(nn.Module):
@@ -207,11 +199,11 @@ class WollebTask(Task):
         torch.manual_seed(0)
         if self.name == "ddpm":
             net = diffusion_unet(CHANNELS, c.widths, c.res_blocks, c.attention, c.norm_groups, c.learn_sigma, 2)
-            module = DdpmLoss(net, self.alphas_cumprod)
+            module = StepLoss(net, self.alphas_cumprod, classifier=False)
         else:
             net = noise_conditioned_classifier(CHANNELS, (SIZE, SIZE), c.classifier_widths, c.classifier_res_blocks,
                                                c.classifier_attention, c.norm_groups)
-            module = ClassifierLoss(net, self.alphas_cumprod)
+            module = StepLoss(net, self.alphas_cumprod, classifier=True)
         module.train()
         return module, torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.wd)
 
