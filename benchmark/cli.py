@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                     help="bootstrap resamples of the test volumes for the 95%% intervals (0: none)")
     lb.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    lb.add_argument("--contrast", nargs=2, action="append", default=[], metavar=("ROW", "REFERENCE"),
+                    help="a planned contrast, printed after the table: ROW - REFERENCE per test volume (Hodges-Lehmann "
+                         "effect, bootstrap interval, Wilcoxon signed-rank, Holm over the contrasts given); repeatable")
+    lb.add_argument("--contrast-metric", default="auprc_vol_mean",
+                    help="the per-volume metric of the contrasts (default: AP per volume)")
     lb.add_argument("--wide", action="store_true",
                     help="--format table: one full-width table with the intervals (the default fits 120 columns: a "
                          "table per dataset, no intervals)")
@@ -330,7 +335,22 @@ def cmd_leaderboard(args) -> int:
     check_store_readable(uri)  # a read command: never creates or migrates the store
     print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
                       args.bootstrap, args.bootstrap_seed, args.wide)
+    if args.contrast:
+        print(contrast_table(uri, args.experiment, [tuple(c) for c in args.contrast], args.contrast_metric, args.datasets,
+                             args.eval_space, args.bootstrap, args.bootstrap_seed))
     return 0
+
+
+def contrast_table(uri: str, experiment: str, pairs, metric: str, datasets, eval_space, n_resamples: int, seed: int) -> str:
+    """The planned contrasts ``pairs`` as a Markdown table (``lesionbench.leaderboard.contrasts``)."""
+    from lesionbench.leaderboard.contrasts import planned_contrasts, render_contrasts
+    from lesionbench.leaderboard.tables import build_leaderboard, load_runs
+
+    runs = load_runs(uri, experiment)
+    if eval_space is not None:
+        runs = runs[runs["tags.eval_space"] == eval_space]
+    lb = build_leaderboard(runs, (metric,), datasets, n_resamples=0)
+    return render_contrasts(planned_contrasts(lb.per_volume, pairs, metric, max(n_resamples, 1) * 2, seed))
 
 
 def cmd_check_data(args) -> int:
