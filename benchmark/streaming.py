@@ -202,3 +202,11 @@ class StreamedArray:
         offset, shape = src["brain"]
         bits = np.frombuffer(mm, np.uint8, int(np.prod(shape)), offset).reshape(shape)[z]
         return np.unpackbits(bits, axis=-1, count=width).astype(bool)
+
+
+def in_memory(slice_set):
+    """A SliceSet with its streamed images and brain masks copied into tensors: for scripts and tests that index
+    a small split whole. Methods never need it (and on a full-size data set it needs the whole split in RAM)."""
+    import dataclasses
+
+    return dataclasses.replace(slice_set, images=slice_set.images[:], brain=slice_set.brain[:])

@@ -41,6 +41,7 @@ import torch
 
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wargnier.method import Saliency, Wargnier
+from lesionbench.streaming import in_memory
 
 
 def fixed_batch(train, n: int = 16):
@@ -183,7 +184,8 @@ def main() -> None:
     adapter = SynthTumor(subjects=data.subjects, size=data.size, depth=data.depth)
     split = make_split(adapter.cases(), 0, data.val_fraction, data.test_fraction)
     dataset = PreparedDataset(adapter, data, split, Path(args.workdir) / "cache")
-    train, val = dataset.slice_set("train", Supervision.IMAGE), dataset.slice_set("val", Supervision.IMAGE)
+    # in memory: this script indexes whole splits (quick's synth-tumor: tens of MB)
+    train, val = (in_memory(dataset.slice_set(part, Supervision.IMAGE)) for part in ("train", "val"))
     val_cases = dataset.val_cases()
     def parse(pairs):
         out = {}

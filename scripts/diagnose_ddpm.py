@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lesionbench.streaming import in_memory
+
 
 def build(dataset_name: str, workdir: Path):
     from lesionbench.config import resolve_data_config
@@ -195,8 +197,8 @@ def main() -> None:
     if args.val_cases:
         cases = cases[: args.val_cases]
     flair = dataset.modalities.index("flair") if "flair" in dataset.modalities else 0
-    train = dataset.slice_set("train", Supervision.NONE)
-    val = dataset.slice_set("val", Supervision.NONE)
+    # in memory: this script indexes whole splits (quick's synthetic sets: tens of MB)
+    train, val = (in_memory(dataset.slice_set(part, Supervision.NONE)) for part in ("train", "val"))
     print(f"{args.dataset}: {len(train)} healthy train slices, {len(val)} healthy val slices, {len(cases)} val volumes "
           f"({sum(len(c.brain_slices) for c in cases)} brain slices); overrides {overrides}", flush=True)
 
