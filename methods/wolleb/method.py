@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lesionbench.method import AnomalyOutput, SliceSet, Supervision
-from lesionbench.methods.diffusion.base import DiffusionMethod
+from lesionbench.methods.diffusion.base import DiffusionMethod, NetworkInput
 from lesionbench.parts import part_key, shapes
 from lesionbench.training import autocast
 from lesionbench.methods.diffusion.networks import diffusion_unet, noise_conditioned_classifier
@@ -191,7 +191,7 @@ class Wolleb(DiffusionMethod):
         self.classifier.load_state_dict(clf_state)
         self.unet.eval(), self.classifier.eval()
 
-    def classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
+    def classifier_part(self, train: SliceSet, x: NetworkInput, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
         """The trained noise-conditioned classifier (cached); ``x[index]``: training slices as network input."""
         return log.cached(CLASSIFIER, key, lambda: train_classifier(
             self.classifier, x, labels, self.alphas_cumprod, schedule, self.device, log, seed=self.seed))

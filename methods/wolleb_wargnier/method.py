@@ -62,7 +62,7 @@ from lesionbench.regularisation import TermWatch
 from lesionbench.methods.wargnier import attribution as attr
 from lesionbench.methods.wolleb.method import HEALTHY, LESION, Wolleb, WollebConfig
 from lesionbench.methods.wargnier.method import CONSTRAINT_WEIGHTINGS
-from lesionbench.methods.diffusion.base import BACKGROUND
+from lesionbench.methods.diffusion.base import BACKGROUND, NetworkInput
 from lesionbench.methods.diffusion.training import Schedule, train_classifier
 
 VARIANTS = ("guidance", "masked", "fusion")
@@ -132,7 +132,7 @@ class WollebWargnier(Wolleb):
 
     # -- training ----------------------------------------------------------------------------------------
 
-    def classifier_part(self, train: SliceSet, x: torch.Tensor, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
+    def classifier_part(self, train: SliceSet, x: NetworkInput, labels: torch.Tensor, key: dict, schedule: Schedule, log) -> dict:
         c = self.config
         key = {**key, **part_key(c, CONSTRAINED)}
 
