@@ -1,8 +1,8 @@
 """Classifier-free guidance (Ho & Salimans 2022, "Classifier-free diffusion guidance") as small pure
 functions: label dropout while training, the guided eps while decoding.
 
-Only what differs from ``wolleb`` lives here; the networks, schedule, training loop and DDIM steps are
-``lesionbench.methods.wolleb``'s. A labelled model is passed as ``eps(x, t, y) -> epsilon`` with ``t`` and
+Only what differs from ``wolleb`` lives here; the networks, schedule, training loop and DDIM steps are the
+shared ones of ``lesionbench.methods.diffusion``. A labelled model is passed as ``eps(x, t, y) -> epsilon`` with ``t`` and
 ``y`` int64 tensors [B]; the unconditional model is the same network given the null label.
 """
 
