@@ -34,11 +34,6 @@ def shapes(*parts: str, default: Any, omit_default: bool = False) -> Any:
     return dataclasses.field(default=default, metadata={SHAPES: frozenset(parts), OMIT_DEFAULT: omit_default})
 
 
-def shaping_fields(config_cls, *parts: str) -> list[str]:
-    """The names of the fields of ``config_cls`` declared to shape any of ``parts``."""
-    return [f.name for f in dataclasses.fields(config_cls) if f.metadata.get(SHAPES, frozenset()) & set(parts)]
-
-
 def part_key(config, *parts: str, **extra: Any) -> dict:
     """The cache key of a part: the values of the fields declared to shape any of ``parts`` (tuples as lists),
     and ``extra`` (what else shapes it: the slice shape, the modalities)."""
