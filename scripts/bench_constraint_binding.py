@@ -13,6 +13,10 @@ split seed 0), selecting checkpoints on validation auprc as ``lesionbench run`` 
 - the fraction of brain entries (every channel) of healthy validation slices whose gradient attribution of the
   lesion logit is > 0 (the constraint asks for <= 0);
 - slice AUROC on the validation slices (image labels; score: the method's own, sigmoid of the logit).
+- at every validation checkpoint: validation auprc, A > 0 on healthy validation slices and slice AUROC (so that
+  checkpoint-selection rules can be compared offline);
+- on validation slices with lesions, A > 0 and mean A over lesion entries and over lesion-free brain entries
+  (a diagnostic that reads validation masks, as the harness's validation scoring does; never training).
 
 Arms: ``saliency``, ``wargnier`` or ``wargnier:key=value:...`` (its own overrides, e.g.
 ``wargnier:constraint_scale=none:constraint_weighting=fixed:constraint_weight=1.0``, the authors' objective);
@@ -81,6 +85,29 @@ def healthy_positive_fraction(network, val) -> tuple[float, float]:
         total += values.numel()
         magnitudes.append(values.abs().flatten())
     return positive / total, float(torch.cat(magnitudes).median())
+
+
+def lesion_slice_attributions(network, val_cases) -> dict:
+    """Where attributions fall on validation slices with lesions (a diagnostic: it reads validation masks, as the
+    harness's validation scoring does): the fraction of lesion and of lesion-free brain entries (every channel) with
+    gradient attribution A > 0, and the mean A over each, pooled over the validation cases' lesion slices."""
+    sums = {"lesion": [0, 0, 0.0], "brain": [0, 0, 0.0]}  # positive, total, sum of A
+    for case in val_cases:
+        index = [int(i) for i in case.brain_slices if case.lesion[i].any()]
+        if not index:
+            continue
+        x = torch.from_numpy(case.image[:, index].astype("float32")).permute(1, 0, 2, 3)
+        a, _ = attr.gradient_attribution(network.lesion_logit, x)
+        a = a.permute(1, 0, 2, 3)  # [C, N, H, W]
+        lesion = torch.from_numpy(case.lesion[index])
+        brain = torch.from_numpy(case.brain[index]) & ~lesion
+        for name, where in (("lesion", lesion), ("brain", brain)):
+            values = a[:, where]
+            sums[name][0] += int((values > 0).sum())
+            sums[name][1] += values.numel()
+            sums[name][2] += float(values.sum())
+    return {f"{name}_A_positive": p / t if t else float("nan") for name, (p, t, _) in sums.items()} | \
+           {f"{name}_A_mean": s / t if t else float("nan") for name, (_, t, s) in sums.items()}
 
 
 def slice_auroc(method, val) -> float:
@@ -222,7 +249,7 @@ def main() -> None:
             shares: dict[int, float] = {}
             curve: dict[int, float] = {}
             logged_shares: dict[int, float] = {}
-            positive_curve: dict[int, tuple[float, float]] = {}  # step: (val auprc, A > 0 on healthy val)
+            positive_curve: dict[int, tuple[float, float, float]] = {}  # step: (val auprc, A > 0 on healthy val, slice AUROC)
 
             class Log(HarnessLog):
                 def metric(self, name, value, step=None):
@@ -238,7 +265,8 @@ def main() -> None:
 
                 def evaluate(self, step):
                     value = super().evaluate(step)
-                    positive_curve[step] = (round(value, 3), round(healthy_positive_fraction(method.network, val)[0], 3))
+                    positive_curve[step] = (round(value, 3), round(healthy_positive_fraction(method.network, val)[0], 3),
+                                            round(slice_auroc(method, val), 3))
                     return value
 
             log = Log(None, method, val_cases, data.predict_batch, "auprc")
@@ -256,8 +284,9 @@ def main() -> None:
             fit_s = time.perf_counter() - t0
             positive, magnitude = healthy_positive_fraction(method.network, val)
             row = {"arm": arm, "seed": seed, "fit_s": round(fit_s, 1), "share": shares, "constraint_curve": curve,
-                   "logged_share": logged_shares, "warnings": log.warnings, "val_auprc_and_A_positive": positive_curve,
+                   "logged_share": logged_shares, "warnings": log.warnings, "val_auprc_A_positive_auroc": positive_curve,
                    "healthy_A_positive": positive, "healthy_A_median_abs": magnitude, "slice_auroc": slice_auroc(method, val),
+                   "lesion_slices": lesion_slice_attributions(method.network, val_cases),
                    "best": max(log.evaluations, key=lambda e: e[1]) if log.evaluations else None}
             rows.append(row)
             print(json.dumps(row), flush=True)

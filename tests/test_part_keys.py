@@ -75,6 +75,7 @@ CONTEXT = {
     "map_channels": dict(eval_every=1),
     "ema": dict(ema=0.0),
     "eval_every": dict(eval_every=0),
+    "keep_best_from": dict(eval_every=1),
     "scale_slices": dict(variant="masked"),
     "scale_quantile": dict(variant="masked"),
 }

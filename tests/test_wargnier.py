@@ -264,3 +264,35 @@ def test_the_authors_scale_is_inert_at_this_size_and_the_run_is_warned(realistic
     shares = sorted(log.values["constraint_grad_share"])
     assert shares[len(shares) // 2] < 1e-2, shares  # the median step: the constraint is a negligible part of the update
     assert [w for w in log.warnings if "'constraint' never moved" in w], log.warnings  # flat at ln 2
+
+
+class _ScoringLog(NullLog):
+    """Scores each evaluation by a fixed sequence, so the kept checkpoint is known in advance."""
+
+    def __init__(self, scores):
+        self.scores, self.steps = list(scores), []
+
+    def evaluate(self, step):
+        self.steps.append(step)
+        return self.scores[len(self.steps) - 1]
+
+
+def test_checkpoints_before_keep_best_from_are_neither_evaluated_nor_kept():
+    g = torch.Generator().manual_seed(0)
+    x, labels, brain = _toy_batch(16, generator=g)
+    train = SliceSet(x, labels, brain, ("flair",))
+    states = {}
+    for keep_from in (0, 3):
+        config = Wargnier.make_config("smoke", {"max_steps": 5, "eval_every": 1, "keep_best_from": keep_from})
+        log = _ScoringLog([0.9, 0.8, 0.1, 0.2, 0.3][-(6 - max(keep_from, 1)):])  # step 1 would be the best
+        torch.manual_seed(0)
+        method = Wargnier(config, "cpu", train.modalities)
+        method.fit(train, train, log)
+        states[keep_from] = method.state_dict()["network"]
+        assert log.steps == list(range(max(keep_from, 1), 6))
+    # from step 3 the best is step 5 (0.3), the last weights; from step 1 it is step 1's
+    last = Wargnier(Wargnier.make_config("smoke", {"max_steps": 5, "eval_every": 0}), "cpu", train.modalities)
+    torch.manual_seed(0)
+    last.fit(train, train, NullLog())
+    assert all(torch.equal(states[3][k], last.state_dict()["network"][k]) for k in states[3])
+    assert not all(torch.equal(states[0][k], states[3][k]) for k in states[0])
