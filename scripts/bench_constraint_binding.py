@@ -34,11 +34,11 @@ shared with other jobs). A > 0 and AUROC at the checkpoint chosen on validation 
 | before: authors' scale, lambda 1 | 0 / 1 / 2 | 2e-6 to 1e-5 at init; 4e-4 to 0.05 at steps 100 / 400 / 800 | 0.6931-0.6976 | 0.512 / 0.696 / 0.686 | 0.796 / 0.828 / 0.852 |
 | after: rms, capped 0.1 (default) | 0 / 1 / 2 | median 0.1, min 0.024-0.061 | 1.04 -> 0.35; 0.32 -> 0.80; 0.32 -> 0.77 | 0.500 [50] / 0.673 [700] / 0.500 [50] | 0.810 / 0.813 / 0.823 |
 | rms, capped 0.5 | 0 / 1 / 2 | median 0.10 / 0.5 / 0.5 | 0.41 -> 0.33; 0.32 -> 0.32; 0.33 -> 0.34 | 0.006 [800] / 0.757 [100] / 0.753 [100] | 0.838 / 0.435 / 0.443 |
-| saliency, quick keeping from step 400 | 0 / 1 / 2 | - | - | 0.729 [750] / 0.750 [750] / 0.672 [550] | 0.820 / 0.783 / 0.841 |
+| saliency (every checkpoint) | 0 / 1 / 2 | - | - | 0.729 [750] / 0.750 [750] / 0.501 [100] | 0.820 / 0.783 / 0.798 |
 | rms, capped 0.3, from step 400 (default since) | 0 / 1 / 2 | median 0.105 / 0.119 / 0.235 | 0.38 -> 0.33; 0.33 -> 0.33; 0.33 -> 0.33 | 0.006 [800] / 0.007 [800] / 0.010 [800] | 0.839 / 0.827 / 0.826 |
 
-The last two rows: 1 thread, two other jobs on the 2 cores; validation auprc of the kept maps 0.516 / 0.387 / 0.379
-(saliency) against 0.102 / 0.080 / 0.035 (wargnier): docs/calibration.md#wargnier-and-saliency.
+The last two rows: 1 thread, two other jobs on the 2 cores; validation auprc of the kept maps 0.516 / 0.387 / 0.439
+(saliency, every checkpoint; 0.379 on seed 2 when kept from step 400) against 0.102 / 0.080 / 0.035 (wargnier): docs/calibration.md#wargnier-and-saliency.
 """
 
 from __future__ import annotations

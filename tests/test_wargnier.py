@@ -154,6 +154,8 @@ def test_fit_sees_images_labels_and_brain_masks_only(monkeypatch):
 def test_saliency_is_the_unconstrained_classifier():
     assert Saliency.make_config("quick").constraint_weight == 0
     assert Wargnier.make_config("quick").constraint_weight > 0
+    # the constrained arm keeps only checkpoints its constraint has shaped; the unconstrained arm keeps any (issue 19)
+    assert Wargnier.make_config("quick").keep_best_from > 0 and Saliency.make_config("quick").keep_best_from == 0
     with pytest.raises(ValueError, match="constraint_weight must be 0"):
         Saliency.make_config("quick", {"constraint_weight": 1.0})
 
