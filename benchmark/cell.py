@@ -31,6 +31,7 @@ from lesionbench.prediction import native_scored, predict_cases, save_maps
 from lesionbench.preparation import Fold
 from lesionbench.seeding import seed_everything
 from lesionbench.splits import split_hash
+from lesionbench.tracking import source_digest
 from lesionbench.volume import DataError
 
 
@@ -92,7 +93,7 @@ def cell_tags(variant: Variant, dataset: PreparedDataset, seed: int, profile: st
         "method": variant.method.name, "label": variant.label, "dataset": dataset.name, "seed": seed,
         "split_seed": "file" if split_file else request.split_seed, "profile": profile, "run_kind": run_kind,
         "eval_space": eval_space, "uses_val_voxel_labels": "false", "version": lesionbench.__version__,
-        "git_commit": commit, "device": str(device),
+        "git_commit": commit, "source_digest": source_digest(), "device": str(device),
         # CPU results are reproducible for one thread count: reductions (and the guided sampler with them) change with it
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         **(_fold_tags(dataset.fold) if getattr(dataset, "fold", None) else {}),

@@ -6,6 +6,8 @@ The default store is ``sqlite:///<workdir>/mlflow.db`` with artifacts beside it 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +26,7 @@ EXPERIMENT = "lesionbench"
 #: The tags every cell run carries (design §6).
 RUN_TAGS = (
     "method", "label", "dataset", "seed", "split_seed", "profile", "run_kind", "cell", "eval_space",
-    "uses_val_voxel_labels", "version", "git_commit", "device", "torch_threads", "torch_version",
+    "uses_val_voxel_labels", "version", "git_commit", "source_digest", "device", "torch_threads", "torch_version",
 )
 
 
@@ -151,6 +153,19 @@ def check_store_readable(uri: str) -> None:
         raise _store_error(db, exc) from None
     finally:
         engine.dispose()
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(root: Path | None = None) -> str:
+    """SHA-256 (16 hex digits) of the package's Python sources (relative paths and bytes, in path order): names the code
+    a run used also where ``git_commit`` cannot, e.g. a wheel installed without its checkout (tox, ``pip install .``)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def git_commit() -> str:

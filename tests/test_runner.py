@@ -46,6 +46,9 @@ def test_run_tracks_one_run_per_cell_with_the_exact_keys(intensity_run):
     assert run.data.tags["run_kind"] == "run" and run.data.tags["method"] == "intensity"
     assert run.data.tags["eval_space"] == "resampled" and run.data.tags["profile"] == "smoke"
     assert run.data.tags["uses_val_voxel_labels"] == "false"  # intensity never calls log.evaluate
+    from lesionbench.tracking import source_digest
+
+    assert run.data.tags["source_digest"] == source_digest()  # the code, also where git_commit is "unknown"
     assert run.data.tags["torch_threads"] == str(torch.get_num_threads())
     for key in METRIC_KEYS:
         assert f"test/{key}" in run.data.metrics, key
@@ -260,3 +263,21 @@ def test_workers_starting_together_can_all_check_the_shared_workdir(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(check_many, range(8)))  # re-raises the first error
     assert list((tmp_path / "w").iterdir()) == []  # no probe is left behind
+
+
+def test_the_source_digest_names_the_code_where_git_cannot(tmp_path):
+    from lesionbench.tracking import source_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "b.py").write_text("y = 2\n")
+    first = source_digest(tmp_path / "pkg")
+    assert len(first) == 16 and first == source_digest(tmp_path / "pkg")
+    (tmp_path / "pkg2").mkdir()
+    (tmp_path / "pkg2" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg2" / "b.py").write_text("y = 3\n")  # one byte of code changed
+    assert source_digest(tmp_path / "pkg2") != first
+    (tmp_path / "pkg3").mkdir()
+    (tmp_path / "pkg3" / "c.py").write_text("x = 1\n")  # the same bytes under another name
+    (tmp_path / "pkg3" / "b.py").write_text("y = 2\n")
+    assert source_digest(tmp_path / "pkg3") != first
