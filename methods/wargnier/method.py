@@ -350,8 +350,7 @@ class Saliency(Wargnier):
     description = "The wargnier classifier trained without the attribution constraint (lambda = 0); same maps"
     Config = SaliencyConfig
     # every checkpoint eligible: keep_best_from exists for the constraint to act first; for the unconstrained arm it
-    # would only hide its best early checkpoints (on the grid's synth-tumor and synth-ms, test auprc 0.52 -> 0.23 and
-    # 0.14 -> 0.03 with 400, issue 19)
+    # only hid its best early checkpoints (docs/calibration.md#wargnier-and-saliency)
     profiles = {name: {**values, "keep_best_from": 0} for name, values in _PROFILES.items()}
 
     @classmethod
