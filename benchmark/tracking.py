@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -155,16 +156,32 @@ def check_store_readable(uri: str) -> None:
         engine.dispose()
 
 
+#: The packages whose sources name the code of a run; in a checkout they are four folders (pyproject's package-dir),
+#: in a wheel one tree.
+SOURCE_PACKAGES = ("lesionbench", "lesionbench.methods", "lesionbench.datasets", "lesionbench.leaderboard")
+
+
+def source_files(roots: tuple[tuple[str, Path], ...] | None = None) -> dict[str, Path]:
+    """Module-qualified name (``lesionbench/methods/wargnier/method.py``) -> file, for every ``*.py`` under each
+    (package, folder) of ``roots`` (default: where :data:`SOURCE_PACKAGES` are found, without importing them); the
+    same names whether the package is a checkout or a wheel."""
+    if roots is None:
+        roots = tuple((name, Path(importlib.util.find_spec(name).submodule_search_locations[0])) for name in SOURCE_PACKAGES)
+    files = {}
+    for package, root in roots:
+        for path in Path(root).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                files.setdefault(package.replace(".", "/") + "/" + path.relative_to(root).as_posix(), path)
+    return files
+
+
 @functools.lru_cache(maxsize=None)
-def source_digest(root: Path | None = None) -> str:
-    """SHA-256 (16 hex digits) of the package's Python sources (relative paths and bytes, in path order): names the code
-    a run used also where ``git_commit`` cannot, e.g. a wheel installed without its checkout (tox, ``pip install .``)."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent
+def source_digest(roots: tuple[tuple[str, Path], ...] | None = None) -> str:
+    """SHA-256 (16 hex digits) of the package's Python sources (qualified names and bytes, in name order): names the
+    code a run used also where ``git_commit`` cannot, e.g. a wheel installed without its checkout (tox, ``pip install .``)."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in sorted(source_files(roots).items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 

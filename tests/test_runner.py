@@ -266,18 +266,20 @@ def test_workers_starting_together_can_all_check_the_shared_workdir(tmp_path):
 
 
 def test_the_source_digest_names_the_code_where_git_cannot(tmp_path):
-    from lesionbench.tracking import source_digest
+    from lesionbench.tracking import source_digest, source_files
 
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "b.py").write_text("y = 2\n")
-    first = source_digest(tmp_path / "pkg")
-    assert len(first) == 16 and first == source_digest(tmp_path / "pkg")
-    (tmp_path / "pkg2").mkdir()
-    (tmp_path / "pkg2" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg2" / "b.py").write_text("y = 3\n")  # one byte of code changed
-    assert source_digest(tmp_path / "pkg2") != first
-    (tmp_path / "pkg3").mkdir()
-    (tmp_path / "pkg3" / "c.py").write_text("x = 1\n")  # the same bytes under another name
-    (tmp_path / "pkg3" / "b.py").write_text("y = 2\n")
-    assert source_digest(tmp_path / "pkg3") != first
+    def tree(name, files):
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+        return (("pkg", tmp_path / name),)
+
+    first = source_digest(tree("a", {"a.py": "x = 1\n", "b.py": "y = 2\n"}))
+    assert len(first) == 16 and first == source_digest(tree("a2", {"a.py": "x = 1\n", "b.py": "y = 2\n"}))
+    assert source_digest(tree("b", {"a.py": "x = 1\n", "b.py": "y = 3\n"})) != first  # one byte of code changed
+    assert source_digest(tree("c", {"c.py": "x = 1\n", "b.py": "y = 2\n"})) != first  # the same bytes, another name
+    # a checkout keeps methods, datasets and the leaderboard beside the core: the default covers all of them
+    names = source_files()
+    for module in ("lesionbench/tracking.py", "lesionbench/methods/wargnier/method.py",
+                   "lesionbench/datasets/__init__.py", "lesionbench/leaderboard/tables.py"):
+        assert module in names, module
