@@ -14,6 +14,7 @@ which ``lesionbench run --config`` accepts as it is.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -66,18 +67,30 @@ def uses_val_voxel_labels(objective: str) -> bool:
     return objective not in SLICE_LEVEL_OBJECTIVES
 
 
-def search_keys(cls: type[Method], profile: str) -> set[str]:
-    """The config keys a method's search space sets (from one trial of a throwaway in-memory study)."""
+def suggest(cls: type[Method], trial, fixed: dict[str, Any]) -> dict[str, Any]:
+    """``cls.search_space(trial)``; told the study's fixed values when the method's hook takes ``fixed``
+    (``Method.search_space``)."""
+    if "fixed" in inspect.signature(cls.search_space).parameters:
+        return cls.search_space(trial, fixed=dict(fixed))
+    return cls.search_space(trial)
+
+
+def search_keys(cls: type[Method], profile: str, fixed: dict[str, Any] | None = None) -> set[str]:
+    """The config keys a method's search space sets, given the study's ``fixed`` values (from trials of a
+    throwaway in-memory study: a conditional space sets different keys on different trials)."""
     import optuna
 
     quiet_optuna()
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    overrides = cls.search_space(trial)
-    try:
-        cls.make_config(profile, overrides)
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"method {cls.name!r}: its search_space gives an invalid config: {str(exc).strip(chr(39))}") from None
-    return set(overrides)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    keys: set[str] = set()
+    for _ in range(8):
+        overrides = suggest(cls, study.ask(), fixed or {})
+        try:
+            cls.make_config(profile, {**(fixed or {}), **overrides})
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"method {cls.name!r}: its search_space gives an invalid config: {str(exc).strip(chr(39))}") from None
+        keys |= set(overrides)
+    return keys
 
 
 @dataclass
@@ -216,7 +229,7 @@ class Tuner:
             raise ConfigError(f"tune searches around one configuration: give each --set {request.method}.KEY one value (no sweeps)")
         self.variant: Variant = variants[0]
         self.cls = self.variant.method
-        tuned = search_keys(self.cls, self.profile)
+        tuned = search_keys(self.cls, self.profile, self.variant.overrides)
         if not tuned:
             raise ConfigError(f"method {self.cls.name!r} declares no search_space: there is nothing to tune")
         fixed = sorted(set(self.variant.overrides) & tuned)
@@ -312,7 +325,7 @@ class Tuner:
         import optuna
 
         cls, request = self.cls, self.request
-        params = cls.search_space(trial)
+        params = suggest(cls, trial, self.variant.overrides)
         overrides = {**self.variant.overrides, **params}
         config = cls.make_config(self.profile, overrides)
         trial.set_user_attr("config", {k: _plain(v) for k, v in params.items()})
@@ -446,7 +459,7 @@ class Tuner:
 
         if "config" in trial.user_attrs:
             return dict(trial.user_attrs["config"])
-        return {k: _plain(v) for k, v in self.cls.search_space(optuna.trial.FixedTrial(trial.params)).items()}
+        return {k: _plain(v) for k, v in suggest(self.cls, optuna.trial.FixedTrial(trial.params), self.variant.overrides).items()}
 
     def write_best(self, summary: TuneSummary) -> Path:
         """``best.toml``: ``method``, ``profile``, the ``[<method>]`` table (fixed and tuned keys, label

@@ -444,3 +444,44 @@ def test_a_tuned_variant_is_labelled_by_the_variant_the_study_chose(workdir, toy
     assert tuner.variant.label == "knobv[variant=noisy]"  # the untuned configuration's row
     assert summary.best_params == {"variant": "clean"}
     assert tomllib.loads(summary.best_file.read_text())["knobv"]["label"] == "knobv[variant=clean]-tuned"
+
+
+def test_a_study_that_fixes_the_variant_tunes_only_that_variant_and_keeps_its_row(workdir, toy):
+    """#22: ``--set knobf.variant=clean`` is not a clash when the space takes ``fixed``; the space leaves the
+    variant out, tunes what that variant uses, and the tuned row keeps the fixed variant's name."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class FixedConfig:
+        weight: float = 0.5
+        steps: int = 1
+        step_seconds: float = 0.0
+        variant: str = "noisy"
+
+    seen = []
+
+    class Fixable(KnobMethod):
+        name, label_keys, Config = "knobf", ("variant",), FixedConfig
+
+        @classmethod
+        def search_space(cls, trial, fixed=None):
+            fixed = fixed or {}
+            seen.append(dict(fixed))
+            space = {} if "variant" in fixed else {"variant": trial.suggest_categorical("variant", ["noisy", "clean"])}
+            if fixed.get("variant", space.get("variant")) == "clean":
+                space["weight"] = trial.suggest_float("weight", 0.1, 0.9)
+            return space
+
+    toy.methods.add(Fixable)
+    request = TuneRequest(method="knobf", dataset="toy", trials=2, workdir=workdir, profile="smoke", device="cpu",
+                          set_options=[*TOY_SET, "knobf.variant=clean"], study="toy-fixed")
+    tuner = Tuner(request, toy)
+    summary = tuner.optimize(tuner.open_study()[0])
+    assert seen and all(f == {"variant": "clean"} for f in seen)
+    assert set(summary.best_params) == {"weight"}
+    table = tomllib.loads(summary.best_file.read_text())["knobf"]
+    assert table["label"] == "knobf[variant=clean]-tuned" and table["variant"] == "clean"
+    # a key the fixed space still tunes is a clash, as before
+    with pytest.raises(ConfigError, match="knobf.weight: set in --set/--config but tuned"):
+        Tuner(TuneRequest(method="knobf", dataset="toy", trials=1, workdir=workdir, profile="smoke", device="cpu",
+                          set_options=[*TOY_SET, "knobf.variant=clean", "knobf.weight=0.3"], study="toy-fixed2"), toy)

@@ -177,3 +177,33 @@ class _MetricLog(NullLog):
 
     def metric(self, name, value, step=None):
         self.values.setdefault(name, []).append(float(value))
+
+
+@pytest.mark.parametrize("fixed, tuned", [
+    ({}, {"variant", "constraint_weight"}),
+    ({"variant": "guidance"}, {"constraint_weight"}),
+    ({"variant": "masked"}, {"map_attribution", "mask_dilation"}),
+    ({"variant": "fusion"}, {"map_attribution", "fusion_weight"}),
+    ({"variant": "masked", "constraint_weight": 0.2}, {"map_attribution", "mask_dilation"}),
+])
+def test_a_fixed_variant_tunes_only_what_it_uses(fixed, tuned):
+    """#22: per-variant studies. guidance tunes the constraint; masked and fusion tune only inference settings
+    (their constrained classifier is trained once and cached); the variant stays fixed, never suggested."""
+    import optuna
+
+    from lesionbench.tuning import search_keys
+
+    inference = {"noise_level", "guidance_scale", "stride"}  # wolleb's own, in every study
+    optional = {"map_attribution", "mask_dilation", "fusion_weight"}  # per variant: an open study may draw any
+    keys = search_keys(WollebWargnier, "quick", fixed)
+    if fixed:
+        assert keys == inference | tuned
+    else:
+        assert inference | tuned <= keys <= inference | tuned | optional
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(12):  # every suggestion builds a method
+        params = WollebWargnier.search_space(study.ask(), fixed=fixed)
+        assert not set(params) & set(fixed)
+        WollebWargnier(WollebWargnier.make_config("quick", {**fixed, **params}), "cpu", MODALITIES)
+        if "constraint_weight" in params:
+            assert 0.02 <= params["constraint_weight"] <= 0.5

@@ -122,12 +122,29 @@ class WollebWargnier(Wolleb):
         self.scales: dict[str, float] = {}  # "attribution" (a_q), "residual" (r_q)
 
     @classmethod
-    def search_space(cls, trial):
+    def search_space(cls, trial, fixed=None):
+        """``wolleb``'s inference settings and what the variant uses. With ``variant`` fixed by the study
+        (``--set wolleb-wargnier.variant=masked``) only that variant's settings are tuned, so each variant keeps
+        its own tuned row; else one study compares the variants. The constraint (form and capped share) is
+        tuned with ``guidance``, and when the variant is open; ``masked`` and ``fusion`` with a fixed variant
+        tune only inference settings, on the constrained classifier the study fixes (or the default), trained
+        once and cached for every trial."""
+        fixed = fixed or {}
         space = dict(Wolleb.search_space(trial))
-        space["variant"] = trial.suggest_categorical("variant", list(VARIANTS))  # one study compares the variants
-        space["constraint_weight"] = trial.suggest_float("constraint_weight", 0.05, 1.0, log=True)  # capped_share: a share
-        space["mask_dilation"] = trial.suggest_int("mask_dilation", 0, 3)
-        space["fusion_weight"] = trial.suggest_float("fusion_weight", 0.1, 0.9)
+        variant = fixed.get("variant")
+        if variant is None:
+            variant = space["variant"] = trial.suggest_categorical("variant", list(VARIANTS))
+        if ("variant" not in fixed or variant == "guidance") and "constraint_weight" not in fixed:
+            # the default form (bce, rms-scaled, capped share): its weight is a share of the update. Not the
+            # squared form: it needs the authors' scale, where A ~ 1e-9 and a weight capped at 1 never binds
+            # (docs/calibration.md#wolleb-wargnier); above ~0.3 the guiding classifier collapses at quick.
+            space["constraint_weight"] = trial.suggest_float("constraint_weight", 0.02, 0.5, log=True)
+        if variant in ("masked", "fusion"):
+            space["map_attribution"] = trial.suggest_categorical("map_attribution", list(MAP_ATTRIBUTIONS))
+        if variant == "masked":
+            space["mask_dilation"] = trial.suggest_int("mask_dilation", 0, 3)
+        if variant == "fusion":
+            space["fusion_weight"] = trial.suggest_float("fusion_weight", 0.1, 0.9)
         return space
 
     # -- training ----------------------------------------------------------------------------------------
