@@ -236,7 +236,9 @@ class Tuner:
         if fixed:
             raise ConfigError(f"{', '.join(f'{self.cls.name}.{k}' for k in fixed)}: set in --set/--config but tuned by "
                               f"{self.cls.name}'s search space; leave it out")
-        self.study_name = request.study or f"{self.variant.label}-{dcls.name}-{self.profile}-{self.objective}"
+        # a variant's label, wolleb-wargnier[variant=masked], names the study wolleb-wargnier.variant_masked-...
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", self.variant.label.replace("[", ".")).strip("_")
+        self.study_name = request.study or f"{label}-{dcls.name}-{self.profile}-{self.objective}"
         if not STUDY_NAME.fullmatch(self.study_name):
             raise ConfigError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
         self.url = request.storage or default_storage_url(request.workdir)

@@ -474,8 +474,9 @@ def test_a_study_that_fixes_the_variant_tunes_only_that_variant_and_keeps_its_ro
 
     toy.methods.add(Fixable)
     request = TuneRequest(method="knobf", dataset="toy", trials=2, workdir=workdir, profile="smoke", device="cpu",
-                          set_options=[*TOY_SET, "knobf.variant=clean"], study="toy-fixed")
+                          set_options=[*TOY_SET, "knobf.variant=clean"])
     tuner = Tuner(request, toy)
+    assert tuner.study_name == "knobf.variant_clean-toy-smoke-auprc"  # the default name of a variant's study
     summary = tuner.optimize(tuner.open_study()[0])
     assert seen and all(f == {"variant": "clean"} for f in seen)
     assert set(summary.best_params) == {"weight"}
