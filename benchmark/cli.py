@@ -98,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-bad", action="store_true")
 
     lb = sub.add_parser("leaderboard", help="the leaderboard from tracked runs")
-    lb.add_argument("--workdir", type=Path, default=Path("lesionbench-runs"))
-    lb.add_argument("--tracking-uri")
+    lb.add_argument("--workdir", type=Path, action="append", default=None,
+                    help="the workdir whose runs to show (default lesionbench-runs); repeatable: one table of the "
+                         "runs of several workdirs (the same split per dataset)")
+    lb.add_argument("--tracking-uri", action="append", default=None,
+                    help="MLflow tracking URI to read instead of WORKDIR/mlflow.db; repeatable, as --workdir")
     lb.add_argument("--experiment", default="lesionbench")
     lb.add_argument("--format", choices=("table", "md", "latex", "csv", "html"), default="table",
                     help="table (terminal), md, latex (booktabs), csv (long: one value per run, volume and metric), "
@@ -165,7 +168,7 @@ def cmd_list(args) -> int:
 TABLE_WIDTH = 120
 
 
-def print_leaderboard(uri: str, experiment: str, fmt: str, metrics, datasets, out: Path | None,
+def print_leaderboard(uri: str | list[str], experiment: str, fmt: str, metrics, datasets, out: Path | None,
                       eval_space: str | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0,
                       wide: bool = False) -> None:
     from rich.console import Console
@@ -329,10 +332,15 @@ def cmd_tune(args) -> int:
 def cmd_leaderboard(args) -> int:
     from lesionbench.tracking import check_store_readable, default_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri(args.workdir)
-    if args.tracking_uri is None and not (args.workdir / "mlflow.db").exists():
-        raise SystemExit(f"error: no runs in {args.workdir} (no mlflow.db); run `lesionbench run --workdir {args.workdir}` first")
-    check_store_readable(uri)  # a read command: never creates or migrates the store
+    workdirs = args.workdir or [Path("lesionbench-runs")]
+    if args.tracking_uri is None:
+        for workdir in workdirs:
+            if not (workdir / "mlflow.db").exists():
+                raise SystemExit(f"error: no runs in {workdir} (no mlflow.db); run `lesionbench run --workdir {workdir}` first")
+    uris = args.tracking_uri or [default_tracking_uri(w) for w in workdirs]
+    for one in uris:
+        check_store_readable(one)  # a read command: never creates or migrates the store
+    uri = uris[0] if len(uris) == 1 else uris
     print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
                       args.bootstrap, args.bootstrap_seed, args.wide)
     if args.contrast:
@@ -341,7 +349,7 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
-def contrast_table(uri: str, experiment: str, pairs, metric: str, datasets, eval_space, n_resamples: int, seed: int) -> str:
+def contrast_table(uri: str | list[str], experiment: str, pairs, metric: str, datasets, eval_space, n_resamples: int, seed: int) -> str:
     """The planned contrasts ``pairs`` as a Markdown table (``lesionbench.leaderboard.contrasts``)."""
     from lesionbench.leaderboard.contrasts import planned_contrasts, render_contrasts
     from lesionbench.leaderboard.tables import build_leaderboard, load_runs

@@ -88,7 +88,21 @@ DEFINITIONS = {
 }
 
 
-def load_runs(tracking_uri: str, experiment: str = "lesionbench") -> pd.DataFrame:
+def load_runs(tracking_uri, experiment: str = "lesionbench") -> pd.DataFrame:
+    """The latest FINISHED ``run_kind=run`` run of each cell, from one store or several (``tracking_uri`` a
+    URI or a list of them): one table can hold rows run in different workdirs, say untuned context rows
+    reused from an earlier grid beside a study's tuned rows. Each row keeps its store (``tracking_uri``) for
+    its artifacts; the per-dataset checks (one split, one preprocessing) then apply across the stores."""
+    uris = [tracking_uri] if isinstance(tracking_uri, str) else list(tracking_uri)
+    frames = [_runs_of_store(uri, experiment) for uri in uris]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    # the latest finished run of each cell (a cell run again in a second store counts once)
+    df = df.sort_values("start_time", ascending=False).drop_duplicates("tags.cell").reset_index(drop=True)
+    df.attrs["tracking_uri"] = uris[0] if len(uris) == 1 else None
+    return df
+
+
+def _runs_of_store(tracking_uri: str, experiment: str) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -105,23 +119,21 @@ def load_runs(tracking_uri: str, experiment: str = "lesionbench") -> pd.DataFram
             break
     rows = []
     for r in runs:
-        row = {"run_id": r.info.run_id, "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri}
+        row = {"run_id": r.info.run_id, "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri,
+               "tracking_uri": tracking_uri}
         row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
         row.update({f"params.{k}": v for k, v in r.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
+    if not rows:
         raise LeaderboardError(f"no finished runs in {tracking_uri} (experiment {experiment!r})")
-    # the latest finished run of each cell
-    df = df.sort_values("start_time", ascending=False).drop_duplicates("tags.cell").reset_index(drop=True)
-    df.attrs["tracking_uri"] = tracking_uri
-    return df
+    return pd.DataFrame(rows)
 
 
 def artifact_path(run: pd.Series, name: str, scratch: Path, tracking_uri: str | None = None) -> Path | None:
     """A run's artifact as a local file: read in place from a local artifact store, else downloaded into
     ``scratch``; None when the run has no such artifact."""
+    tracking_uri = run.get("tracking_uri") or tracking_uri  # the run's own store, when runs of several are merged
     uri = str(run.get("artifact_uri") or "")
     parsed = urlparse(uri)
     if uri and parsed.scheme in ("", "file"):

@@ -108,6 +108,32 @@ def test_leaderboard_page_from_the_runners_artifacts(intensity_run, tmp_path):
     assert re.search(r"0\.\d{3} ± 0\.000<br><span class=\"ci\">\[0\.\d{3}, [01]\.\d{3}\]", page)  # an interval per cell
 
 
+def test_one_leaderboard_from_the_runs_of_two_workdirs(intensity_run, tmp_path, capsys):
+    """#22: context rows reused from an earlier grid beside new rows: --workdir twice gives one table, its
+    artifacts read from each run's own store; two workdirs on different splits are refused, naming the key."""
+    workdir, _ = intensity_run
+    other, shifted = tmp_path / "other", tmp_path / "shifted"
+    common = ["--datasets", "synth-ms", "--profile", "smoke", "--seeds", "0", "--device", "cpu"]
+    config = tmp_path / "t2.toml"
+    config.write_text('method = "intensity"\n[intensity]\nlabel = "intensity-t2"\nmodality = "t2"\n')
+    assert main(["run", "--config", str(config), *common, "--workdir", str(other)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "board.html"
+    both = ["leaderboard", "--workdir", str(workdir), "--workdir", str(other)]
+    assert main([*both, "--format", "md", "--bootstrap", "50"]) == 0
+    table = capsys.readouterr().out
+    rows = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| intensity")]
+    assert sorted(rows) == ["| intensity", "| intensity-t2"]
+    assert main([*both, "--format", "html", "--out", str(out), "--bootstrap", "50"]) == 0
+    page = out.read_text(encoding="utf-8")
+    n_slices = page.count('alt="ground truth')
+    assert n_slices >= 1 and page.count("<img ") == 4 * n_slices  # input, two maps (one per store), ground truth
+    assert main(["run", "--methods", "intensity", "--split-seed", "1", *common, "--workdir", str(shifted)]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--workdir", str(workdir), "--workdir", str(shifted), "--format", "md"]) == 2
+    assert "dataset synth-ms: runs differ in" in capsys.readouterr().err  # the split (and the crop box fitted on it)
+
+
 def test_same_seed_same_numbers_for_a_trained_method(tmp_path):
     results = []
     for i in range(2):
