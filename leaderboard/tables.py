@@ -62,7 +62,9 @@ CONSISTENT_PER_DATASET = ("params.data.preprocessing_hash", "params.split_hash",
 #: Fold runs of a cross-validation differ in split_hash by design; they share cv_hash (and K).
 CONSISTENT_PER_CV_DATASET = ("params.data.preprocessing_hash", "params.cv_hash", "tags.folds", "tags.eval_space")
 FOLD, FOLDS = "tags.fold", "tags.folds"
-SIGNIFICANT, VAL_VOXEL_LABELS, REUSED_PARTS, SEED_SPREAD = "†", "‡", "§", "≈"
+SIGNIFICANT, VAL_VOXEL_LABELS, REUSED_PARTS, SEED_SPREAD, UNTUNED = "†", "‡", "§", "≈", "°"
+#: the label suffix of a study's best configuration (``lesionbench tune`` writes it into best.toml)
+TUNED_SUFFIX = "-tuned"
 MEAN_RANK = "mean rank"
 #: Seeds from which the "within seed spread" mark is given.
 MIN_SEEDS_FOR_SPREAD = 3
@@ -249,6 +251,15 @@ class Leaderboard:
     @property
     def columns(self) -> list[tuple[str, str]]:
         return list(self.means.columns)
+
+    @property
+    def untuned_rows(self) -> list[str]:
+        """In a table with tuned rows (a study's best configuration, ``-tuned``), the rows that were not
+        tuned: context at the profile's defaults, not a tuned twin. Empty when no row is tuned."""
+        labels = list(self.means.index)
+        if not any(str(label).endswith(TUNED_SUFFIX) for label in labels):
+            return []
+        return [label for label in labels if not str(label).endswith(TUNED_SUFFIX)]
 
 
 def seed_key(seed) -> tuple:
@@ -641,7 +652,8 @@ def rank_text(lb: Leaderboard, label: str) -> tuple[str, bool]:
 
 
 def row_name(lb: Leaderboard, label: str) -> str:
-    return label + (VAL_VOXEL_LABELS if label in lb.val_voxel_rows else "")
+    return (label + (VAL_VOXEL_LABELS if label in lb.val_voxel_rows else "")
+            + (UNTUNED if label in lb.untuned_rows else ""))
 
 
 def header(col) -> str:
@@ -720,6 +732,9 @@ def footnotes(lb: Leaderboard, intervals: bool = True) -> list[str]:
                      f"objective): {', '.join(lb.val_voxel_rows)}.")
     else:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
+    if lb.untuned_rows:
+        notes.append(f"{UNTUNED}: untuned, the profile's defaults (context beside the tuned rows, whose label ends "
+                     f"'{TUNED_SUFFIX}': a study's best configuration on validation): {', '.join(lb.untuned_rows)}.")
     if any(c[1] in QUALITY for c in lb.columns):
         notes.append(f"{MEAN_RANK}: each row's rank (1 = best) averaged over the quality columns shown.")
     cv = sorted(d for d, info in lb.data.items() if info.get("folds"))
@@ -763,7 +778,8 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"⌈": r"$\lceil$", "⌉": r"$\rceil$", "±": r"$\pm$", "–": "--", "—": "---", "≥": r"$\geq$",
                  "≤": r"$\leq$", "−": r"$-$", "²": r"$^2$", "≈": r"$^\approx$",
-                 "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "×": r"$\times$"}
+                 "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "×": r"$\times$",
+                 "°": r"$^\circ$"}
 
 
 def latex_text(text: str) -> str:

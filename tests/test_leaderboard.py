@@ -475,6 +475,24 @@ def test_a_fit_time_that_left_out_reused_parts_is_marked(tmp_path):
     assert "§" not in without_fit  # no marker and no footnote when fit times are not shown
 
 
+def test_untuned_rows_beside_tuned_ones_are_marked_as_context(tmp_path):
+    """#22: in a table with a study's tuned rows, the rows at the profile's defaults are marked and named;
+    a table without tuned rows marks nothing."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
+    for label, quality in (("vae", 0.3), ("wolleb", 0.5), ("wolleb-tuned", 0.6)):
+        log_run(tracker, label, "toy-8", 0, quality)
+    md = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["vae°", "wolleb°", "wolleb-tuned"]
+    assert "°: untuned, the profile's defaults" in md and "'-tuned'" in md and ": vae, wolleb." in md
+    tex = render_latex(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
+    assert r"vae$^\circ$" in tex
+    untuned_only = render_markdown(build_leaderboard(load_runs(uri).query("`tags.label` != 'wolleb-tuned'"),
+                                                     metrics=("auprc",), n_resamples=0))
+    assert "°" not in untuned_only
+
+
 @pytest.mark.parametrize("metrics", [("auprc", "wolleb_dice", "wolleb_auroc"), ("wolleb_auroc",)])
 def test_the_wolleb_protocol_columns_render_with_their_definition(store, metrics):
     """The README's `leaderboard --metrics auprc wolleb_dice wolleb_auroc` (wolleb_auroc had no definition: KeyError)."""
