@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--storage", help="Optuna storage URL: sqlite:///FILE (default WORKDIR/tune/optuna.db), "
                                      "postgresql://USER@HOST:PORT/DB (many machines), journal:FILE")
     t.add_argument("--study", help="study name (default LABEL-DATASET-PROFILE-OBJECTIVE); the same name shares the study")
+    t.add_argument("--label", help="the tuned row's label in best.toml and the final runs (default LABEL-tuned); e.g. "
+                                   "to tell two studies of one method apart (objectives)")
     t.add_argument("--objective", default="val/auprc",
                    help="validation metric to maximise: val/auprc (default), val/auroc, val/dice_best, "
                         "val/slice_auroc or val/slice_ap (these two: image labels only, fully weakly supervised)")
@@ -259,7 +261,8 @@ def _tune_argv(args) -> list[str]:
             "--objective", args.objective, "--pruner", args.pruner, "--heartbeat", str(args.heartbeat), "--seed", str(args.seed),
             "--split-seed", str(args.split_seed), "--experiment", args.experiment]
     for flag, value in (("--timeout", args.timeout), ("--profile", args.profile), ("--storage", args.storage),
-                        ("--study", args.study), ("--config", args.config), ("--tracking-uri", args.tracking_uri)):
+                        ("--study", args.study), ("--label", args.label), ("--config", args.config),
+                        ("--tracking-uri", args.tracking_uri)):
         if value is not None:
             argv += [flag, str(value)]
     for flag, values in (("--set", args.set_options), ("--split", args.split), ("--root", args.root)):
@@ -288,7 +291,7 @@ def cmd_tune(args) -> int:
     devices = worker_devices(args.device, args.workers)
     request = TuneRequest(
         method=args.method, dataset=args.dataset, trials=args.trials, workdir=args.workdir, timeout=args.timeout,
-        profile=args.profile, storage=args.storage, study=args.study, objective=args.objective, seed=args.seed,
+        profile=args.profile, storage=args.storage, study=args.study, label=args.label, objective=args.objective, seed=args.seed,
         config_file=args.config, set_options=args.set_options, device=devices[0], split_seed=args.split_seed,
         split_files=_pairs(args.split, "--split", default_key="*"), roots=_pairs(args.root, "--root"),
         tracking_uri=args.tracking_uri, experiment=args.experiment, skip_bad=args.skip_bad, pruner=args.pruner,

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from lesionbench.cell import Cell, Harness, cell_hash, cell_params, cell_tags, run_cell
 from lesionbench.config import ConfigError, config_dict, stable_hash
+from lesionbench.filenames import safe_name
 from lesionbench.fitlog import SLICE_LEVEL_OBJECTIVES, VAL_OBJECTIVES
 from lesionbench.method import Method
 from lesionbench.planning import RunRequest, Variant, check_workdir, explicit_data_keys, plan, resolve_device, variant_label
@@ -103,6 +104,7 @@ class TuneRequest:
     profile: str | None = None  # default: from --config, else quick
     storage: str | None = None  # default: sqlite in <workdir>/tune
     study: str | None = None  # default: <label>-<dataset>-<profile>-<objective>
+    label: str | None = None  # the tuned row's label in best.toml (default: <label>-tuned)
     objective: str = "val/auprc"
     seed: int = 0  # the run seed of every trial (initialisation and sampling)
     config_file: str | None = None
@@ -241,6 +243,8 @@ class Tuner:
         self.study_name = request.study or f"{label}-{dcls.name}-{self.profile}-{self.objective}"
         if not STUDY_NAME.fullmatch(self.study_name):
             raise ConfigError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+        if request.label is not None:
+            safe_name(request.label, "--label")  # it names the row's --save-maps folder too
         self.url = request.storage or default_storage_url(request.workdir)
         from lesionbench.storage import check_url
 
@@ -474,7 +478,7 @@ class Tuner:
         chosen = {k: summary.best_config[k] for k in self.cls.label_keys if k in summary.best_config}
         if chosen:  # a tuned variant names the row by the variant the study chose
             label = variant_label(self.cls.name, chosen)
-        table = {"label": f"{label}-tuned",
+        table = {"label": self.request.label or f"{label}-tuned",
                  **{k: _plain(v) for k, v in self.variant.overrides.items()}, **summary.best_config}
         body: dict[str, Any] = {"method": self.cls.name, "profile": self.profile, self.cls.name: table}
         if data:

@@ -63,8 +63,9 @@ CONSISTENT_PER_DATASET = ("params.data.preprocessing_hash", "params.split_hash",
 CONSISTENT_PER_CV_DATASET = ("params.data.preprocessing_hash", "params.cv_hash", "tags.folds", "tags.eval_space")
 FOLD, FOLDS = "tags.fold", "tags.folds"
 SIGNIFICANT, VAL_VOXEL_LABELS, REUSED_PARTS, SEED_SPREAD, UNTUNED = "†", "‡", "§", "≈", "°"
-#: the label suffix of a study's best configuration (``lesionbench tune`` writes it into best.toml)
-TUNED_SUFFIX = "-tuned"
+#: in the label of a study's best configuration (``lesionbench tune`` writes LABEL-tuned into best.toml; --label
+#: names such as wolleb-tuned-auprc keep it)
+TUNED_MARK = "-tuned"
 MEAN_RANK = "mean rank"
 #: Seeds from which the "within seed spread" mark is given.
 MIN_SEEDS_FOR_SPREAD = 3
@@ -254,12 +255,12 @@ class Leaderboard:
 
     @property
     def untuned_rows(self) -> list[str]:
-        """In a table with tuned rows (a study's best configuration, ``-tuned``), the rows that were not
-        tuned: context at the profile's defaults, not a tuned twin. Empty when no row is tuned."""
+        """In a table with tuned rows (a study's best configuration: ``-tuned`` in the label), the rows that
+        were not tuned: context at the profile's defaults, not a tuned twin. Empty when no row is tuned."""
         labels = list(self.means.index)
-        if not any(str(label).endswith(TUNED_SUFFIX) for label in labels):
+        if not any(TUNED_MARK in str(label) for label in labels):
             return []
-        return [label for label in labels if not str(label).endswith(TUNED_SUFFIX)]
+        return [label for label in labels if TUNED_MARK not in str(label)]
 
 
 def seed_key(seed) -> tuple:
@@ -733,8 +734,8 @@ def footnotes(lb: Leaderboard, intervals: bool = True) -> list[str]:
     else:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
     if lb.untuned_rows:
-        notes.append(f"{UNTUNED}: untuned, the profile's defaults (context beside the tuned rows, whose label ends "
-                     f"'{TUNED_SUFFIX}': a study's best configuration on validation): {', '.join(lb.untuned_rows)}.")
+        notes.append(f"{UNTUNED}: untuned, the profile's defaults (context beside the tuned rows, whose label holds "
+                     f"'{TUNED_MARK}': a study's best configuration on validation): {', '.join(lb.untuned_rows)}.")
     if any(c[1] in QUALITY for c in lb.columns):
         notes.append(f"{MEAN_RANK}: each row's rank (1 = best) averaged over the quality columns shown.")
     cv = sorted(d for d, info in lb.data.items() if info.get("folds"))

@@ -480,15 +480,15 @@ def test_untuned_rows_beside_tuned_ones_are_marked_as_context(tmp_path):
     a table without tuned rows marks nothing."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "lesionbench", tmp_path / "artifacts")
-    for label, quality in (("vae", 0.3), ("wolleb", 0.5), ("wolleb-tuned", 0.6)):
+    for label, quality in (("vae", 0.3), ("wolleb", 0.5), ("wolleb-tuned", 0.6), ("wolleb-tuned-auprc", 0.7)):
         log_run(tracker, label, "toy-8", 0, quality)
     md = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
     rows = [line.split(" | ")[0].removeprefix("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[1:] == ["vae°", "wolleb°", "wolleb-tuned"]
+    assert rows[1:] == ["vae°", "wolleb°", "wolleb-tuned", "wolleb-tuned-auprc"]
     assert "°: untuned, the profile's defaults" in md and "'-tuned'" in md and ": vae, wolleb." in md
     tex = render_latex(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
     assert r"vae$^\circ$" in tex
-    untuned_only = render_markdown(build_leaderboard(load_runs(uri).query("`tags.label` != 'wolleb-tuned'"),
+    untuned_only = render_markdown(build_leaderboard(load_runs(uri).query("~`tags.label`.str.contains('-tuned')"),
                                                      metrics=("auprc",), n_resamples=0))
     assert "°" not in untuned_only
 

@@ -482,6 +482,12 @@ def test_a_study_that_fixes_the_variant_tunes_only_that_variant_and_keeps_its_ro
     assert set(summary.best_params) == {"weight"}
     table = tomllib.loads(summary.best_file.read_text())["knobf"]
     assert table["label"] == "knobf[variant=clean]-tuned" and table["variant"] == "clean"
+    labelled = TuneRequest(method="knobf", dataset="toy", trials=2, workdir=workdir, profile="smoke", device="cpu",
+                           set_options=[*TOY_SET, "knobf.variant=clean"], label="knobf-tuned-voxels")
+    assert tomllib.loads(Tuner(labelled, toy).write_best(summary).read_text())["knobf"]["label"] == "knobf-tuned-voxels"
+    with pytest.raises(ConfigError, match="--label '../x'"):
+        Tuner(TuneRequest(method="knobf", dataset="toy", trials=1, workdir=workdir, profile="smoke", device="cpu",
+                          set_options=TOY_SET, label="../x"), toy)
     # a key the fixed space still tunes is a clash, as before
     with pytest.raises(ConfigError, match="knobf.weight: set in --set/--config but tuned"):
         Tuner(TuneRequest(method="knobf", dataset="toy", trials=1, workdir=workdir, profile="smoke", device="cpu",
