@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", type=Path, help="write to this file instead of printing")
     lb.add_argument("--metrics", nargs="+", default=None)
     lb.add_argument("--datasets", nargs="+", default=None)
+    lb.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                    help="only the rows of these labels (exact; contrasts may still name any row)")
     lb.add_argument("--eval-space", choices=("resampled", "native"), help="only runs evaluated in this space")
     lb.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                     help="bootstrap resamples of the test volumes for the 95%% intervals (0: none)")
@@ -170,21 +172,38 @@ def cmd_list(args) -> int:
 TABLE_WIDTH = 120
 
 
+def selected_runs(uri: str | list[str], experiment: str, eval_space: str | None = None, rows=None):
+    """The runs of a table: evaluated in one space (tables never mix them), of the labels ``rows`` when given
+    (an unknown label is an error naming it and the labels there are)."""
+    from lesionbench.leaderboard import LeaderboardError
+    from lesionbench.leaderboard.tables import load_runs
+
+    runs = load_runs(uri, experiment)
+    if eval_space is not None:
+        runs = runs[runs["tags.eval_space"] == eval_space]
+        if runs.empty:
+            raise LeaderboardError(f"no finished runs evaluated in the {eval_space} space")
+    if rows:
+        known = set(runs["tags.label"])
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise LeaderboardError(f"--rows: no finished runs labelled {', '.join(map(repr, unknown))}; "
+                                   f"labels: {', '.join(sorted(known))}")
+        runs = runs[runs["tags.label"].isin(rows)]
+    return runs
+
+
 def print_leaderboard(uri: str | list[str], experiment: str, fmt: str, metrics, datasets, out: Path | None,
                       eval_space: str | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0,
-                      wide: bool = False) -> None:
+                      wide: bool = False, rows=None) -> None:
     from rich.console import Console
 
     from lesionbench.leaderboard import LeaderboardError
     from lesionbench.leaderboard.formats import render
-    from lesionbench.leaderboard.tables import DEFAULT_METRICS, load_runs, rich_table
+    from lesionbench.leaderboard.tables import DEFAULT_METRICS, rich_table
 
     metrics = metrics or DEFAULT_METRICS
-    runs = load_runs(uri, experiment)
-    if eval_space is not None:  # tables never mix evaluation spaces
-        runs = runs[runs["tags.eval_space"] == eval_space]
-        if runs.empty:
-            raise LeaderboardError(f"no finished runs evaluated in the {eval_space} space")
+    runs = selected_runs(uri, experiment, eval_space, rows)
     if n_resamples < 0:
         raise LeaderboardError(f"--bootstrap {n_resamples}: give 0 (no intervals) or more resamples")
     if fmt == "html" and out is None:
@@ -345,7 +364,7 @@ def cmd_leaderboard(args) -> int:
         check_store_readable(one)  # a read command: never creates or migrates the store
     uri = uris[0] if len(uris) == 1 else uris
     print_leaderboard(uri, args.experiment, args.format, args.metrics, args.datasets, args.out, args.eval_space,
-                      args.bootstrap, args.bootstrap_seed, args.wide)
+                      args.bootstrap, args.bootstrap_seed, args.wide, args.rows)
     if args.contrast:
         print(contrast_table(uri, args.experiment, [tuple(c) for c in args.contrast], args.contrast_metric, args.datasets,
                              args.eval_space, args.bootstrap, args.bootstrap_seed))
@@ -355,11 +374,9 @@ def cmd_leaderboard(args) -> int:
 def contrast_table(uri: str | list[str], experiment: str, pairs, metric: str, datasets, eval_space, n_resamples: int, seed: int) -> str:
     """The planned contrasts ``pairs`` as a Markdown table (``lesionbench.leaderboard.contrasts``)."""
     from lesionbench.leaderboard.contrasts import planned_contrasts, render_contrasts
-    from lesionbench.leaderboard.tables import build_leaderboard, load_runs
+    from lesionbench.leaderboard.tables import build_leaderboard
 
-    runs = load_runs(uri, experiment)
-    if eval_space is not None:
-        runs = runs[runs["tags.eval_space"] == eval_space]
+    runs = selected_runs(uri, experiment, eval_space)
     lb = build_leaderboard(runs, (metric,), datasets, n_resamples=0)
     return render_contrasts(planned_contrasts(lb.per_volume, pairs, metric, max(n_resamples, 1) * 2, seed))
 

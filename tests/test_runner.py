@@ -124,6 +124,10 @@ def test_one_leaderboard_from_the_runs_of_two_workdirs(intensity_run, tmp_path, 
     table = capsys.readouterr().out
     rows = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| intensity")]
     assert sorted(rows) == ["| intensity", "| intensity-t2"]
+    assert main([*both, "--format", "md", "--bootstrap", "0", "--rows", "intensity-t2"]) == 0
+    assert [line.split(" |")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| intensity")] == ["| intensity-t2"]
+    assert main([*both, "--rows", "intensity-t1"]) == 2
+    assert "--rows: no finished runs labelled 'intensity-t1'; labels: intensity, intensity-t2" in capsys.readouterr().err
     assert main([*both, "--format", "html", "--out", str(out), "--bootstrap", "50"]) == 0
     page = out.read_text(encoding="utf-8")
     n_slices = page.count('alt="ground truth')
