@@ -68,6 +68,13 @@ def uses_val_voxel_labels(objective: str) -> bool:
     return objective not in SLICE_LEVEL_OBJECTIVES
 
 
+def default_study_name(label: str, dataset: str, profile: str, objective: str) -> str:
+    """LABEL-DATASET-PROFILE-OBJECTIVE (objective without ``val/``); a variant's label,
+    ``wolleb-wargnier[variant=masked]``, gives ``wolleb-wargnier.variant_masked-...``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("[", ".")).strip("_")
+    return f"{name}-{dataset}-{profile}-{objective.removeprefix('val/')}"
+
+
 def suggest(cls: type[Method], trial, fixed: dict[str, Any]) -> dict[str, Any]:
     """``cls.search_space(trial)``; told the study's fixed values when the method's hook takes ``fixed``
     (``Method.search_space``)."""
@@ -238,9 +245,7 @@ class Tuner:
         if fixed:
             raise ConfigError(f"{', '.join(f'{self.cls.name}.{k}' for k in fixed)}: set in --set/--config but tuned by "
                               f"{self.cls.name}'s search space; leave it out")
-        # a variant's label, wolleb-wargnier[variant=masked], names the study wolleb-wargnier.variant_masked-...
-        label = re.sub(r"[^A-Za-z0-9._-]+", "_", self.variant.label.replace("[", ".")).strip("_")
-        self.study_name = request.study or f"{label}-{dcls.name}-{self.profile}-{self.objective}"
+        self.study_name = request.study or default_study_name(self.variant.label, dcls.name, self.profile, self.objective)
         if not STUDY_NAME.fullmatch(self.study_name):
             raise ConfigError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
         if request.label is not None:

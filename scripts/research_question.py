@@ -1,0 +1,275 @@
+"""The suite's research question as one resumable command: does the attribution constraint of
+Wargnier-Dauchelle et al. (IEEE TMI 2023) make detection better, alone and inside the diffusion method of
+Wolleb et al. (MICCAI 2022)? Planned contrasts between tuned twins, with equal trial budgets.
+
+    python scripts/research_question.py --workdir ../runs/rq [--stages studies context brats publish]
+        [--datasets synth-tumor synth-ms] [--brats-root PATH] [--reuse WORKDIR ...] [--dry-run]
+
+Every stage resumes: studies continue from their storage (WORKDIR/optuna.db), finished cells are skipped, so
+the same command after an interruption goes on where it stopped. ``--dry-run`` prints the commands.
+
+- ``studies``, per synthetic set (``--twins`` picks the pairs): each twin a study of ``--trials`` trials (seed 0, validation only, objective
+  ``val/slice_auroc``: image labels only, no pruning), then its best configuration on seeds 0..``--seeds``-1,
+  evaluated on test (``tune --seeds-final``):
+    * ``saliency`` / ``wargnier``: the constraint alone (wargnier also tunes the constraint's form and weight);
+    * ``wolleb`` / ``wolleb-wargnier[variant=guidance]``: the constraint inside diffusion (guidance also tunes
+      the constraint's share);
+    * ``wolleb-wargnier[variant=masked]``, ``[variant=fusion]``: only their inference settings, on the
+      constrained classifier of guidance's best configuration (fixed by ``--set``; trained once and cached);
+    * ``cfg-diffusion`` / ``wolleb``: two ways to guide;
+    * then the voxel objective (``val/auprc``, validation voxel labels) for ``wolleb`` and for the
+      ``wolleb-wargnier`` variant whose study reached the best validation value, labelled ``...-tuned-auprc``.
+- ``context``: the untuned rows (``--context-methods``, default intensity vae fanogan ddpm) on the synthetic
+  sets, seeds 0..``--seeds``-1, through a ``run --storage`` queue.
+- ``brats``: brats2018 (``--brats-root``) in ``--folds``-fold cross-validation at ``--brats-size`` px, seed 0:
+  every tuned row with its synth-tumor configuration (no study on brats: ten cases leave no data apart from
+  the folds' test sets for one), and the context rows.
+- ``publish``: per dataset, the Markdown and LaTeX tables and the HTML report (WORKDIR/published), and the
+  planned contrasts (``contrasts-DATASET.md``): Hodges-Lehmann effect of AP per volume, bootstrap interval,
+  Wilcoxon signed-rank, Holm over this family. The last contrast, the best learned row against ``intensity``,
+  takes the tuned row with the highest mean test AP per volume: chosen on test, which favours it, so a loss
+  to intensity is conservative. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g. context
+  rows run earlier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+CONSTRAINT = "wolleb-wargnier"
+VARIANTS = ("guidance", "masked", "fusion")
+SLICE, VOXEL = "val/slice_auroc", "val/auprc"
+
+
+def variant_label(variant: str) -> str:
+    return f"{CONSTRAINT}[variant={variant}]"
+
+
+def study_dir(workdir: Path, label: str, dataset: str, profile: str, objective: str) -> Path:
+    """Where ``lesionbench tune`` keeps a study's best.toml (its default study name)."""
+    from lesionbench.tuning import default_study_name
+
+    return workdir / "tune" / default_study_name(label, dataset, profile, objective)
+
+
+def tuned_label(label: str, objective: str) -> str:
+    return f"{label}-tuned" + ("-auprc" if objective == VOXEL else "")
+
+
+class Plan:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = args.workdir.resolve()
+        self.storage = f"sqlite:///{self.workdir / 'optuna.db'}"
+        self.lb = [sys.executable, "-m", "lesionbench"]
+
+    # -- running ----------------------------------------------------------------------------------------
+    def call(self, argv: list[str], log: str | None = None) -> None:
+        """Run one lesionbench command (or print it with --dry-run); a failure stops the script, naming it."""
+        line = shlex.join(["lesionbench", *argv])
+        print(f"$ {line}", flush=True)
+        if self.args.dry_run:
+            return
+        code = subprocess.call([*self.lb, *argv])
+        if code != 0:
+            raise SystemExit(f"research_question: `{line}` exited with {code}; the same command resumes it")
+
+    def common(self) -> list[str]:
+        a = self.args
+        return ["--profile", a.profile, "--device", a.device, "--workdir", str(self.workdir)]
+
+    # -- studies ----------------------------------------------------------------------------------------
+    def tune(self, method: str, dataset: str, objective: str = SLICE, sets=(), label: str | None = None) -> None:
+        a = self.args
+        argv = ["tune", "--method", method, "--dataset", dataset, "--trials", str(a.trials), "--objective", objective,
+                "--seed", "0", "--pruner", "none", "--seeds-final", str(a.seeds), "--storage", self.storage,
+                *self.common()]
+        for s in sets:
+            argv += ["--set", s]
+        if label is not None:
+            argv += ["--label", label]
+        self.call(argv)
+
+    def best(self, label: str, dataset: str, objective: str = SLICE) -> Path:
+        return study_dir(self.workdir, label, dataset, self.args.profile, objective) / "best.toml"
+
+    def best_config(self, label: str, dataset: str, objective: str = SLICE) -> dict:
+        path = self.best(label, dataset, objective)
+        if self.args.dry_run and not path.exists():
+            return {}
+        method = label.split("[")[0]
+        return tomllib.loads(path.read_text(encoding="utf-8"))[method]
+
+    def best_value(self, label: str, dataset: str, objective: str = SLICE) -> float:
+        """The study's best validation value, from the header of its best.toml."""
+        path = self.best(label, dataset, objective)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# best trial") and f"{objective} = " in line:
+                return float(line.split(f"{objective} = ", 1)[1].split()[0])
+        raise SystemExit(f"research_question: {path} names no best {objective} value")
+
+    def studies(self, dataset: str) -> None:
+        twins = self.args.twins
+        if "constraint" in twins:
+            self.tune("saliency", dataset)
+            self.tune("wargnier", dataset)
+        if "diffusion" in twins or "guidance" in twins:
+            self.tune("wolleb", dataset)
+        if "diffusion" in twins:
+            self.tune(CONSTRAINT, dataset, sets=[f"{CONSTRAINT}.variant=guidance"])
+            weight = self.best_config(variant_label("guidance"), dataset).get("constraint_weight", "<guidance-best-weight>")
+            for variant in ("masked", "fusion"):
+                self.tune(CONSTRAINT, dataset,
+                          sets=[f"{CONSTRAINT}.variant={variant}", f"{CONSTRAINT}.constraint_weight={weight}"])
+        if "guidance" in twins:
+            self.tune("cfg-diffusion", dataset)
+        if "diffusion" in twins:  # the voxel objective: wolleb and the variant with the best validation value
+            self.tune("wolleb", dataset, VOXEL, label=tuned_label("wolleb", VOXEL))
+            best = "<best-variant>" if self.args.dry_run else max(
+                VARIANTS, key=lambda v: self.best_value(variant_label(v), dataset))
+            sets = [f"{CONSTRAINT}.variant={best}"] + ([] if best == "guidance" else [f"{CONSTRAINT}.constraint_weight={weight}"])
+            self.tune(CONSTRAINT, dataset, VOXEL, sets=sets, label=tuned_label(variant_label(best), VOXEL))
+
+    # -- rows ------------------------------------------------------------------------------------------
+    def tuned_rows(self) -> list[tuple[str, str]]:
+        """(label of the study, its objective) of every tuned row the chosen twins can make, in table order
+        (of the voxel-objective variants, only the best one's study exists)."""
+        twins, rows = self.args.twins, []
+        if "constraint" in twins:
+            rows += [("saliency", SLICE), ("wargnier", SLICE)]
+        if "diffusion" in twins or "guidance" in twins:
+            rows.append(("wolleb", SLICE))
+        if "diffusion" in twins:
+            rows += [(variant_label(v), SLICE) for v in VARIANTS]
+        if "guidance" in twins:
+            rows.append(("cfg-diffusion", SLICE))
+        if "diffusion" in twins:
+            rows += [("wolleb", VOXEL)] + [(variant_label(v), VOXEL) for v in VARIANTS]
+        return rows
+
+    def context(self) -> None:
+        a = self.args
+        if not a.context_methods:
+            return
+        self.call(["run", "--methods", *a.context_methods, "--datasets", *a.datasets, "--seeds",
+                   *map(str, range(a.seeds)), "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
+
+    def brats(self) -> None:
+        a = self.args
+        if a.brats_root is None:
+            raise SystemExit("research_question: the brats stage needs --brats-root (the BraTS 2018 folder)")
+        data = ["--datasets", "brats", "--root", f"brats={a.brats_root}", "--folds", str(a.folds), "--seeds", "0",
+                "--set", f"data.size={a.brats_size}", *self.common()]
+        for label, objective in self.tuned_rows():
+            best = self.best(label, "synth-tumor", objective)
+            if not a.dry_run and not best.exists():
+                if objective == VOXEL and label != "wolleb":
+                    continue  # not the variant chosen for the voxel objective
+                raise SystemExit(f"research_question: {best} is missing: run the studies stage on synth-tumor first")
+            self.call(["run", "--config", str(best), *data])
+        if a.context_methods:
+            self.call(["run", "--methods", *a.context_methods, *data])
+
+    # -- publishing ------------------------------------------------------------------------------------
+    def contrasts(self, dataset: str) -> list[tuple[str, str]]:
+        """The planned family, fixed in advance (those the chosen twins make)."""
+        wolleb, twins, pairs = tuned_label("wolleb", SLICE), self.args.twins, []
+        if "constraint" in twins:
+            pairs.append((tuned_label("wargnier", SLICE), tuned_label("saliency", SLICE)))
+        if "diffusion" in twins:
+            pairs += [(tuned_label(variant_label(v), SLICE), wolleb) for v in VARIANTS]
+        if "guidance" in twins:
+            pairs.append((tuned_label("cfg-diffusion", SLICE), wolleb))
+        if "intensity" in self.args.context_methods:
+            pairs.append((self.best_learned(dataset), "intensity"))
+        return pairs
+
+    def best_learned(self, dataset: str) -> str:
+        """The tuned row with the highest mean test AP per volume on ``dataset`` (chosen on test: see the module)."""
+        if self.args.dry_run:
+            return "<best-tuned-row>"
+        from lesionbench.leaderboard.tables import build_leaderboard, load_runs
+
+        runs = load_runs(self.uris(), "lesionbench")
+        runs = runs[runs["tags.label"].isin([tuned_label(l, o) for l, o in self.tuned_rows()])]
+        lb = build_leaderboard(runs, ("auprc_vol_mean",), [dataset], n_resamples=0)
+        return str(lb.means[(dataset, "auprc_vol_mean")].idxmax())
+
+    def uris(self) -> list[str]:
+        return [f"sqlite:///{d.resolve() / 'mlflow.db'}" for d in [self.workdir, *self.args.reuse]]
+
+    def publish(self, datasets: list[str]) -> None:
+        out = self.workdir / "published"
+        rows = [tuned_label(l, o) for l, o in self.tuned_rows()] + ["intensity", *[m for m in self.args.context_methods if m != "intensity"]]
+        stores = [a for d in [self.workdir, *self.args.reuse] for a in ("--workdir", str(d))]
+        for dataset in datasets:
+            if not self.args.dry_run:
+                from lesionbench.leaderboard.tables import load_runs
+
+                known = set(load_runs(self.uris(), "lesionbench").query("`tags.dataset` == @dataset")["tags.label"])
+                rows_here = [r for r in rows if r in known]
+                missing = [r for r in rows if r not in known]
+                if missing:
+                    print(f"research_question: {dataset}: no finished runs yet for {', '.join(missing)}", flush=True)
+            else:
+                rows_here = rows
+            base = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows_here]
+            for fmt, ext in (("md", "md"), ("latex", "tex"), ("html", "html")):
+                self.call([*base, "--format", fmt, "--out", str(out / f"leaderboard-{dataset}.{ext}")])
+            pairs = [p for p in self.contrasts(dataset) if self.args.dry_run or {*p} <= set(rows_here)]
+            argv = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows_here, "--format", "md",
+                    "--metrics", "auprc_vol_mean", "--out", os.devnull]
+            for row, ref in pairs:
+                argv += ["--contrast", row, ref]
+            print(f"$ {shlex.join(['lesionbench', *argv])} > {out / f'contrasts-{dataset}.md'}", flush=True)
+            if not self.args.dry_run and pairs:
+                out.mkdir(parents=True, exist_ok=True)
+                text = subprocess.run([*self.lb, *argv], capture_output=True, text=True)
+                if text.returncode != 0:
+                    raise SystemExit(f"research_question: the contrasts on {dataset} failed: {text.stderr.strip()}")
+                (out / f"contrasts-{dataset}.md").write_text(text.stdout, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, required=True, help="where studies, runs and the published tables go")
+    p.add_argument("--stages", nargs="+", choices=("studies", "context", "brats", "publish"),
+                   default=["studies", "context", "publish"], help="default: studies context publish (brats: with --brats-root)")
+    p.add_argument("--datasets", nargs="+", default=["synth-tumor", "synth-ms"])
+    p.add_argument("--twins", nargs="+", choices=("constraint", "diffusion", "guidance"),
+                   default=["constraint", "diffusion", "guidance"],
+                   help="constraint: wargnier / saliency; diffusion: wolleb-wargnier's variants / wolleb (and the voxel "
+                        "objective); guidance: cfg-diffusion / wolleb")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=3, help="final seeds 0..K-1 of each tuned row and of the context rows")
+    p.add_argument("--context-methods", nargs="*", default=["intensity", "vae", "fanogan", "ddpm"])
+    p.add_argument("--brats-root", type=Path)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--brats-size", type=int, default=64)
+    p.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="WORKDIR",
+                   help="publish: also the runs of these workdirs (the same splits)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = p.parse_args(argv)
+    plan = Plan(args)
+    if "studies" in args.stages:
+        for dataset in args.datasets:
+            plan.studies(dataset)
+    if "context" in args.stages:
+        plan.context()
+    if "brats" in args.stages:
+        plan.brats()
+    if "publish" in args.stages:
+        plan.publish([*args.datasets, *(["brats"] if "brats" in args.stages or args.brats_root else [])])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

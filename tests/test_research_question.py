@@ -1,0 +1,78 @@
+"""scripts/research_question.py (#22): the planned studies, context rows and publishing as one resumable command."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "research_question.py"
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+
+
+def _script(*args, cwd):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENV, cwd=cwd)
+
+
+def test_the_plan_is_the_planned_family(tmp_path):
+    """Dry run: every twin is a 12-trial image-label study with 3 final seeds; the variants are fixed per
+    study, masked and fusion on guidance's classifier; the voxel objective only for wolleb and one variant,
+    labelled apart; the contrasts are the planned ones."""
+    done = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--datasets", "synth-tumor", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [l.removeprefix("$ ") for l in done.stdout.splitlines()]
+    tunes = [l for l in lines if l.startswith("lesionbench tune")]
+    assert len(tunes) == 9 and all("--trials 12" in l and "--seeds-final 3" in l and "--pruner none" in l for l in tunes)
+    slice_studies = [l for l in tunes if "--objective val/slice_auroc" in l]
+    assert [l.split("--method ")[1].split()[0] for l in slice_studies] == [
+        "saliency", "wargnier", "wolleb", "wolleb-wargnier", "wolleb-wargnier", "wolleb-wargnier", "cfg-diffusion"]
+    assert "--set wolleb-wargnier.variant=guidance" in slice_studies[3]
+    for variant, line in zip(("masked", "fusion"), slice_studies[4:6]):
+        assert f"--set wolleb-wargnier.variant={variant}" in line and "wolleb-wargnier.constraint_weight=" in line
+    voxel = [l for l in tunes if "--objective val/auprc" in l]
+    assert len(voxel) == 2 and "--label wolleb-tuned-auprc" in voxel[0] and "-tuned-auprc" in voxel[1]
+    assert not any("tests" in l or "test/" in l for l in tunes)  # studies choose on validation only
+    contrasts = next(l for l in lines if "--contrast" in l)
+    pairs = [c.split()[:2] for c in contrasts.split("--contrast ")[1:]]
+    assert pairs[:5] == [["wargnier-tuned", "saliency-tuned"],
+                         ["'wolleb-wargnier[variant=guidance]-tuned'", "wolleb-tuned"],
+                         ["'wolleb-wargnier[variant=masked]-tuned'", "wolleb-tuned"],
+                         ["'wolleb-wargnier[variant=fusion]-tuned'", "wolleb-tuned"],
+                         ["cfg-diffusion-tuned", "wolleb-tuned"]]
+    assert pairs[5][1] == "intensity"
+
+
+def test_smoke_run_publishes_and_resumes(tmp_path):
+    """The constraint twins at smoke size: studies, finals, a context row, the published tables and contrasts;
+    the same command again runs no new trial."""
+    workdir = tmp_path / "w"
+    args = ["--workdir", str(workdir), "--twins", "constraint", "--datasets", "synth-ms", "--profile", "smoke",
+            "--trials", "1", "--seeds", "1", "--context-methods", "intensity", "--device", "cpu"]
+    done = _script(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    published = workdir / "published"
+    assert sorted(p.name for p in published.iterdir()) == [
+        "contrasts-synth-ms.md", "leaderboard-synth-ms.html", "leaderboard-synth-ms.md", "leaderboard-synth-ms.tex"]
+    table = (published / "leaderboard-synth-ms.md").read_text()
+    rows = [l.split(" |")[0] for l in table.splitlines() if l.startswith("| ") and not l.startswith("| label")]
+    assert rows == ["| intensity°", "| saliency-tuned", "| wargnier-tuned"]
+    contrasts = (published / "contrasts-synth-ms.md").read_text()
+    assert "| synth-ms | wargnier-tuned - saliency-tuned |" in contrasts
+    assert " - intensity |" in contrasts  # the best learned row against the FLAIR baseline
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert studies == {"saliency-synth-ms-smoke-slice_auroc": 1, "wargnier-synth-ms-smoke-slice_auroc": 1}
+    again = _script(*args, "--stages", "studies", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stderr
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == studies
+
+
+def test_a_failing_step_stops_and_names_the_command(tmp_path):
+    done = _script("--workdir", str(tmp_path / "w"), "--stages", "brats", cwd=tmp_path)
+    assert done.returncode != 0 and "the brats stage needs --brats-root" in done.stderr
+    done = _script("--workdir", str(tmp_path / "w"), "--stages", "context", "--context-methods", "nope",
+                   "--datasets", "synth-ms", "--profile", "smoke", "--seeds", "1", cwd=tmp_path)
+    assert done.returncode != 0 and "`lesionbench run --methods nope" in done.stderr and "exited with 2" in done.stderr
