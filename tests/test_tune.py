@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -410,16 +411,16 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@dataclass
+class VariantConfig:
+    weight: float = 0.5
+    steps: int = 1
+    step_seconds: float = 0.0
+    variant: str = "noisy"
+
+
 def test_a_tuned_variant_is_labelled_by_the_variant_the_study_chose(workdir, toy):
     """Methods with ``label_keys`` name rows by their variant, in runs and in best.toml (not the start value's)."""
-    from dataclasses import dataclass
-
-    @dataclass
-    class VariantConfig:
-        weight: float = 0.5
-        steps: int = 1
-        step_seconds: float = 0.0
-        variant: str = "noisy"
 
     class Variants(KnobMethod):
         name, label_keys, Config = "knobv", ("variant",), VariantConfig
@@ -449,19 +450,10 @@ def test_a_tuned_variant_is_labelled_by_the_variant_the_study_chose(workdir, toy
 def test_a_study_that_fixes_the_variant_tunes_only_that_variant_and_keeps_its_row(workdir, toy):
     """#22: ``--set knobf.variant=clean`` is not a clash when the space takes ``fixed``; the space leaves the
     variant out, tunes what that variant uses, and the tuned row keeps the fixed variant's name."""
-    from dataclasses import dataclass
-
-    @dataclass
-    class FixedConfig:
-        weight: float = 0.5
-        steps: int = 1
-        step_seconds: float = 0.0
-        variant: str = "noisy"
-
     seen = []
 
     class Fixable(KnobMethod):
-        name, label_keys, Config = "knobf", ("variant",), FixedConfig
+        name, label_keys, Config = "knobf", ("variant",), VariantConfig
 
         @classmethod
         def search_space(cls, trial, fixed=None):
