@@ -137,9 +137,7 @@ class Method(abc.ABC):
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
-        """Optuna: the hyperparameters worth tuning, as Config overrides. A method whose space depends on what a
-        study fixes (a variant kept per study) declares ``search_space(cls, trial, fixed)``: ``fixed`` holds the
-        study's ``--set``/``--config`` values of this method, and the space must leave those keys out."""
+        """Optuna: the hyperparameters worth tuning, as Config overrides (optional 3rd parameter ``fixed``: README)."""
         return {}
 
     @abc.abstractmethod

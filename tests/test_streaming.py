@@ -24,7 +24,7 @@ from lesionbench.streaming import StreamedArray, StreamError
 def _dataset(tmp_path, **data):
     adapter = ToyAdapter(subjects=10)
     split = make_split(adapter.cases(), 0, 0.2, 0.3)
-    cfg = DataConfig(size=16, min_lesion_voxels=5, **data)
+    cfg = DataConfig(size=16, min_lesion_voxels=5, **{"cache_dtype": "float32", **data})  # exact unless asked
     return PreparedDataset(adapter, cfg, split, tmp_path / "cache"), split
 
 
@@ -121,6 +121,7 @@ def test_a_float32_store_reproduces_the_tensor_backed_set_exactly(tmp_path, supe
 
 
 def test_a_float16_store_is_within_float16_rounding_and_has_its_own_cache_key(tmp_path):
+    assert DataConfig().cache_dtype == "float16"  # the default (issue 20: 27.6 MB per BraTS case)
     ds32, _ = _dataset(tmp_path)
     ds16, _ = _dataset(tmp_path, cache_dtype="float16")
     assert ds16.preprocessing["cache_dtype"] == "float16" and "cache_dtype" not in ds32.preprocessing
