@@ -82,7 +82,8 @@ class Plan:
 
     def common(self) -> list[str]:
         a = self.args
-        return ["--profile", a.profile, "--device", a.device, "--workdir", str(self.workdir)]
+        return ["--profile", a.profile, "--device", a.device, "--workdir", str(self.workdir),
+                *[x for s in a.set_options for x in ("--set", s)]]
 
     # -- studies ----------------------------------------------------------------------------------------
     def tune(self, method: str, dataset: str, objective: str = SLICE, sets=(), label: str | None = None) -> None:
@@ -256,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="WORKDIR",
                    help="publish: also the runs of these workdirs (the same splits)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="set_options", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="added to every study and run (e.g. data.cache_dtype=float32 to extend a workdir made before "
+                        "float16 became the default)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
     plan = Plan(args)

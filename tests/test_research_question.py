@@ -20,7 +20,8 @@ def test_the_plan_is_the_planned_family(tmp_path):
     """Dry run: every twin is a 12-trial image-label study with 3 final seeds; the variants are fixed per
     study, masked and fusion on guidance's classifier; the voxel objective only for wolleb and one variant,
     labelled apart; the contrasts are the planned ones."""
-    done = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--datasets", "synth-tumor", cwd=tmp_path)
+    done = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--datasets", "synth-tumor",
+                   "--set", "data.cache_dtype=float32", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = [l.removeprefix("$ ") for l in done.stdout.splitlines()]
     tunes = [l for l in lines if l.startswith("lesionbench tune")]
@@ -34,6 +35,7 @@ def test_the_plan_is_the_planned_family(tmp_path):
     voxel = [l for l in tunes if "--objective val/auprc" in l]
     assert len(voxel) == 2 and "--label wolleb-tuned-auprc" in voxel[0] and "-tuned-auprc" in voxel[1]
     assert not any("tests" in l or "test/" in l for l in tunes)  # studies choose on validation only
+    assert all("--set data.cache_dtype=float32" in l for l in lines if l.startswith(("lesionbench tune", "lesionbench run")))
     contrasts = next(l for l in lines if "--contrast" in l)
     pairs = [c.split()[:2] for c in contrasts.split("--contrast ")[1:]]
     assert pairs[:5] == [["wargnier-tuned", "saliency-tuned"],
