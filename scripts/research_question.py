@@ -8,9 +8,9 @@ Wolleb et al. (MICCAI 2022)? Planned contrasts between tuned twins, with equal t
 Every stage resumes: studies continue from their storage (WORKDIR/optuna.db), finished cells are skipped, so
 the same command after an interruption goes on where it stopped. ``--dry-run`` prints the commands.
 
-- ``studies``, per synthetic set (``--twins`` picks the pairs): each twin a study of ``--trials`` trials (seed 0, validation only, objective
-  ``val/slice_auroc``: image labels only, no pruning), then its best configuration on seeds 0..``--seeds``-1,
-  evaluated on test (``tune --seeds-final``):
+- ``studies``, per synthetic set (``--twins`` picks the pairs): each twin a study of ``--trials`` trials
+  (seed 0, validation only, objective ``val/slice_auroc``: image labels only, no pruning), then its best
+  configuration on seeds 0..``--seeds``-1, evaluated on test (``tune --seeds-final``):
     * ``saliency`` / ``wargnier``: the constraint alone (wargnier also tunes the constraint's form and weight);
     * ``wolleb`` / ``wolleb-wargnier[variant=guidance]``: the constraint inside diffusion (guidance also tunes
       the constraint's share);
@@ -27,9 +27,9 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
 - ``publish``: per dataset, the Markdown and LaTeX tables and the HTML report (WORKDIR/published), and the
   planned contrasts (``contrasts-DATASET.md``): Hodges-Lehmann effect of AP per volume, bootstrap interval,
   Wilcoxon signed-rank, Holm over this family. The last contrast, the best learned row against ``intensity``,
-  takes the tuned row with the highest mean test AP per volume: chosen on test, which favours it, so a loss
-  to intensity is conservative. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g. context
-  rows run earlier.
+  takes the learned row (tuned or trained context) with the highest mean test AP per volume: chosen on test,
+  which favours it, so a loss to intensity is conservative. ``--reuse DIR`` adds the runs of other workdirs
+  (same splits), e.g. context rows run earlier.
 """
 
 from __future__ import annotations
@@ -192,13 +192,15 @@ class Plan:
         return pairs
 
     def best_learned(self, dataset: str) -> str:
-        """The tuned row with the highest mean test AP per volume on ``dataset`` (chosen on test: see the module)."""
+        """The learned row (tuned, or a trained context row) with the highest mean test AP per volume on
+        ``dataset`` (chosen on test: see the module)."""
         if self.args.dry_run:
             return "<best-tuned-row>"
         from lesionbench.leaderboard.tables import build_leaderboard, load_runs
 
         runs = load_runs(self.uris(), "lesionbench")
-        runs = runs[runs["tags.label"].isin([tuned_label(l, o) for l, o in self.tuned_rows()])]
+        learned = [tuned_label(l, o) for l, o in self.tuned_rows()] + [m for m in self.args.context_methods if m != "intensity"]
+        runs = runs[runs["tags.label"].isin(learned) & (runs["tags.dataset"] == dataset)]
         lb = build_leaderboard(runs, ("auprc_vol_mean",), [dataset], n_resamples=0)
         return str(lb.means[(dataset, "auprc_vol_mean")].idxmax())
 
