@@ -20,7 +20,8 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
     * then the voxel objective (``val/auprc``, validation voxel labels) for ``wolleb`` and for the
       ``wolleb-wargnier`` variant whose study reached the best validation value, labelled ``...-tuned-auprc``.
 - ``context``: the untuned rows (``--context-methods``, default intensity vae fanogan ddpm) on the synthetic
-  sets, seeds 0..``--seeds``-1, through a ``run --storage`` queue.
+  sets, seeds 0..``--seeds``-1, through a ``run --storage`` queue; those finished in this workdir or a
+  ``--reuse`` one are not run again.
 - ``brats``: brats2018 (``--brats-root``) in ``--folds``-fold cross-validation at ``--brats-size`` px, seed 0:
   every tuned row with its synth-tumor configuration (no study on brats: ten cases leave no data apart from
   the folds' test sets for one), and the context rows.
@@ -154,12 +155,29 @@ class Plan:
             rows += [("wolleb", VOXEL)] + [(variant_label(v), VOXEL) for v in VARIANTS]
         return rows
 
+    def finished(self, dataset: str) -> set[tuple[str, str]]:
+        """(label, seed) of the finished runs on ``dataset`` in this workdir and the ``--reuse`` ones: cells run
+        before are reused, not run again (the leaderboard then checks that they share the split)."""
+        from lesionbench.leaderboard.tables import load_runs
+
+        uris = [u for u in self.uris() if Path(u.removeprefix("sqlite:///")).exists()]
+        if self.args.dry_run or not uris:
+            return set()
+        runs = load_runs(uris, "lesionbench")
+        runs = runs[runs["tags.dataset"] == dataset]
+        return set(zip(runs["tags.label"], runs["tags.seed"].astype(str)))
+
+    def missing_context(self, dataset: str, seeds: list[int]) -> list[str]:
+        have = self.finished(dataset)
+        return [m for m in self.args.context_methods if any((m, str(s)) not in have for s in seeds)]
+
     def context(self) -> None:
         a = self.args
-        if not a.context_methods:
-            return
-        self.call(["run", "--methods", *a.context_methods, "--datasets", *a.datasets, "--seeds",
-                   *map(str, range(a.seeds)), "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
+        for dataset in a.datasets:
+            methods = self.missing_context(dataset, list(range(a.seeds)))
+            if methods:
+                self.call(["run", "--methods", *methods, "--datasets", dataset, "--seeds", *map(str, range(a.seeds)),
+                           "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
 
     def brats(self) -> None:
         a = self.args
@@ -174,8 +192,9 @@ class Plan:
                     continue  # not the variant chosen for the voxel objective
                 raise SystemExit(f"research_question: {best} is missing: run the studies stage on synth-tumor first")
             self.call(["run", "--config", str(best), *data])
-        if a.context_methods:
-            self.call(["run", "--methods", *a.context_methods, *data])
+        methods = self.missing_context("brats", [0])
+        if methods:
+            self.call(["run", "--methods", *methods, *data])
 
     # -- publishing ------------------------------------------------------------------------------------
     def contrasts(self, dataset: str) -> list[tuple[str, str]]:

@@ -66,10 +66,16 @@ def test_smoke_run_publishes_and_resumes(tmp_path):
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {"saliency-synth-ms-smoke-slice_auroc": 1, "wargnier-synth-ms-smoke-slice_auroc": 1}
-    again = _script(*args, "--stages", "studies", cwd=tmp_path)
+    again = _script(*args, "--stages", "studies", "context", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already finished" in again.stderr
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == studies
+    assert "lesionbench run --methods" not in again.stdout  # the context row is finished: not run again
+    reused = _script("--workdir", str(tmp_path / "w2"), "--reuse", str(workdir), "--stages", "context", "--datasets",
+                     "synth-ms", "--profile", "smoke", "--seeds", "1", "--context-methods", "intensity", "vae", cwd=tmp_path)
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    runs = [l for l in reused.stdout.splitlines() if l.startswith("$ lesionbench run")]
+    assert len(runs) == 1 and "--methods vae --datasets synth-ms" in runs[0]  # intensity reused from the first workdir
 
 
 def test_a_failing_step_stops_and_names_the_command(tmp_path):
