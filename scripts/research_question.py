@@ -71,7 +71,7 @@ class Plan:
         self.lb = [sys.executable, "-m", "lesionbench"]
 
     # -- running ----------------------------------------------------------------------------------------
-    def call(self, argv: list[str], log: str | None = None) -> None:
+    def call(self, argv: list[str]) -> None:
         """Run one lesionbench command (or print it with --dry-run); a failure stops the script, naming it."""
         line = shlex.join(["lesionbench", *argv])
         print(f"$ {line}", flush=True)
@@ -109,12 +109,13 @@ class Plan:
         return tomllib.loads(path.read_text(encoding="utf-8"))[method]
 
     def best_value(self, label: str, dataset: str, objective: str = SLICE) -> float:
-        """The study's best validation value, from the header of its best.toml."""
-        path = self.best(label, dataset, objective)
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("# best trial") and f"{objective} = " in line:
-                return float(line.split(f"{objective} = ", 1)[1].split()[0])
-        raise SystemExit(f"research_question: {path} names no best {objective} value")
+        """The study's best validation value, from its storage."""
+        import optuna
+
+        from lesionbench.tuning import default_study_name
+
+        name = default_study_name(label, dataset, self.args.profile, objective)
+        return optuna.load_study(study_name=name, storage=self.storage).best_value
 
     def studies(self, dataset: str) -> None:
         twins = self.args.twins
@@ -197,7 +198,7 @@ class Plan:
             self.call(["run", "--methods", *methods, *data])
 
     # -- publishing ------------------------------------------------------------------------------------
-    def contrasts(self, dataset: str) -> list[tuple[str, str]]:
+    def contrasts(self, dataset: str, runs) -> list[tuple[str, str]]:
         """The planned family, fixed in advance (those the chosen twins make)."""
         wolleb, twins, pairs = tuned_label("wolleb", SLICE), self.args.twins, []
         if "constraint" in twins:
@@ -207,17 +208,16 @@ class Plan:
         if "guidance" in twins:
             pairs.append((tuned_label("cfg-diffusion", SLICE), wolleb))
         if "intensity" in self.args.context_methods:
-            pairs.append((self.best_learned(dataset), "intensity"))
+            pairs.append((self.best_learned(dataset, runs), "intensity"))
         return pairs
 
-    def best_learned(self, dataset: str) -> str:
+    def best_learned(self, dataset: str, runs) -> str:
         """The learned row (tuned, or a trained context row) with the highest mean test AP per volume on
         ``dataset`` (chosen on test: see the module)."""
         if self.args.dry_run:
             return "<best-tuned-row>"
-        from lesionbench.leaderboard.tables import build_leaderboard, load_runs
+        from lesionbench.leaderboard.tables import build_leaderboard
 
-        runs = load_runs(self.uris(), "lesionbench")
         learned = [tuned_label(l, o) for l, o in self.tuned_rows()] + [m for m in self.args.context_methods if m != "intensity"]
         runs = runs[runs["tags.label"].isin(learned) & (runs["tags.dataset"] == dataset)]
         lb = build_leaderboard(runs, ("auprc_vol_mean",), [dataset], n_resamples=0)
@@ -228,13 +228,16 @@ class Plan:
 
     def publish(self, datasets: list[str]) -> None:
         out = self.workdir / "published"
-        rows = [tuned_label(l, o) for l, o in self.tuned_rows()] + ["intensity", *[m for m in self.args.context_methods if m != "intensity"]]
+        rows = [tuned_label(l, o) for l, o in self.tuned_rows()] + list(self.args.context_methods)
         stores = [a for d in [self.workdir, *self.args.reuse] for a in ("--workdir", str(d))]
-        for dataset in datasets:
-            if not self.args.dry_run:
-                from lesionbench.leaderboard.tables import load_runs
+        runs = None
+        if not self.args.dry_run:
+            from lesionbench.leaderboard.tables import load_runs
 
-                known = set(load_runs(self.uris(), "lesionbench").query("`tags.dataset` == @dataset")["tags.label"])
+            runs = load_runs(self.uris(), "lesionbench")  # every stage has run: read once
+        for dataset in datasets:
+            if runs is not None:
+                known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"])
                 rows_here = [r for r in rows if r in known]
                 missing = [r for r in rows if r not in known]
                 if missing:
@@ -244,7 +247,7 @@ class Plan:
             base = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows_here]
             for fmt, ext in (("md", "md"), ("latex", "tex"), ("html", "html")):
                 self.call([*base, "--format", fmt, "--out", str(out / f"leaderboard-{dataset}.{ext}")])
-            pairs = [p for p in self.contrasts(dataset) if self.args.dry_run or {*p} <= set(rows_here)]
+            pairs = [p for p in self.contrasts(dataset, runs) if self.args.dry_run or {*p} <= set(rows_here)]
             argv = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows_here, "--format", "md",
                     "--metrics", "auprc_vol_mean", "--out", os.devnull]
             for row, ref in pairs:

@@ -84,3 +84,19 @@ def test_a_failing_step_stops_and_names_the_command(tmp_path):
     done = _script("--workdir", str(tmp_path / "w"), "--stages", "context", "--context-methods", "nope",
                    "--datasets", "synth-ms", "--profile", "smoke", "--seeds", "1", cwd=tmp_path)
     assert done.returncode != 0 and "`lesionbench run --methods nope" in done.stderr and "exited with 2" in done.stderr
+
+
+def test_the_voxel_study_takes_the_variant_with_the_best_validation_value(tmp_path):
+    """The variant for the val/auprc study is read from the variants' studies (their storage), not from test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("research_question", SCRIPT)
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    plan = rq.Plan(rq.argparse.Namespace(workdir=tmp_path, profile="quick"))
+    for variant, value in (("guidance", 0.61), ("masked", 0.74), ("fusion", 0.52)):
+        name = f"wolleb-wargnier.variant_{variant}-synth-ms-quick-slice_auroc"  # the name tune gives it
+        study = optuna.create_study(study_name=name, storage=plan.storage, direction="maximize")
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    assert {v: plan.best_value(rq.variant_label(v), "synth-ms") for v in rq.VARIANTS} == {
+        "guidance": 0.61, "masked": 0.74, "fusion": 0.52}
