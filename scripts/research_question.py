@@ -29,8 +29,10 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
   planned contrasts (``contrasts-DATASET.md``): Hodges-Lehmann effect of AP per volume, bootstrap interval,
   Wilcoxon signed-rank, Holm over this family. The last contrast, the best learned row against ``intensity``,
   takes the learned row (tuned or trained context) with the highest mean test AP per volume: chosen on test,
-  which favours it, so a loss to intensity is conservative. ``--reuse DIR`` adds the runs of other workdirs
-  (same splits), e.g. context rows run earlier.
+  which favours it, so a loss to intensity is conservative. Where each row's maps fall
+  (``placement-DATASET.md``, :mod:`lesionbench.leaderboard.placement`): top precision and floor share, the
+  numbers behind the qualitative grids. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g.
+  context rows run earlier.
 """
 
 from __future__ import annotations
@@ -259,6 +261,13 @@ class Plan:
                 if text.returncode != 0:
                     raise SystemExit(f"research_question: the contrasts on {dataset} failed: {text.stderr.strip()}")
                 (out / f"contrasts-{dataset}.md").write_text(text.stdout, encoding="utf-8")
+            if not self.args.dry_run and rows_here:  # where the maps fall: the numbers behind the grids
+                from lesionbench.leaderboard.placement import placement_table, render_placement
+
+                out.mkdir(parents=True, exist_ok=True)
+                table = render_placement(placement_table(runs, dataset, rows_here), dataset)
+                (out / f"placement-{dataset}.md").write_text(table, encoding="utf-8")
+                print(f"where the maps fall written to {out / f'placement-{dataset}.md'}", flush=True)
 
 
 def main(argv=None) -> int:

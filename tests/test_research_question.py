@@ -56,13 +56,17 @@ def test_smoke_run_publishes_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     published = workdir / "published"
     assert sorted(p.name for p in published.iterdir()) == [
-        "contrasts-synth-ms.md", "leaderboard-synth-ms.html", "leaderboard-synth-ms.md", "leaderboard-synth-ms.tex"]
+        "contrasts-synth-ms.md", "leaderboard-synth-ms.html", "leaderboard-synth-ms.md", "leaderboard-synth-ms.tex",
+        "placement-synth-ms.md"]
     table = (published / "leaderboard-synth-ms.md").read_text()
     rows = [l.split(" |")[0] for l in table.splitlines() if l.startswith("| ") and not l.startswith("| label")]
     assert rows == ["| intensity°", "| saliency-tuned", "| wargnier-tuned"]
     contrasts = (published / "contrasts-synth-ms.md").read_text()
     assert "| synth-ms | wargnier-tuned - saliency-tuned |" in contrasts
     assert " - intensity |" in contrasts  # the best learned row against the FLAIR baseline
+    placement = [l.split(" | ") for l in (published / "placement-synth-ms.md").read_text().splitlines()[2:5]]
+    assert [r[0] for r in placement] == ["| intensity", "| saliency-tuned", "| wargnier-tuned"]
+    assert all(r[1] == "1" and 0 <= float(r[3]) <= 1 and 0 <= float(r[5].rstrip(" |")) <= 1 for r in placement)
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {"saliency-synth-ms-smoke-slice_auroc": 1, "wargnier-synth-ms-smoke-slice_auroc": 1}
