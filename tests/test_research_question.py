@@ -104,3 +104,26 @@ def test_the_voxel_study_takes_the_variant_with_the_best_validation_value(tmp_pa
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
     assert {v: plan.best_value(rq.variant_label(v), "synth-ms") for v in rq.VARIANTS} == {
         "guidance": 0.61, "masked": 0.74, "fusion": 0.52}
+
+
+@pytest.mark.parametrize("name, method, values", [
+    ("wolleb-at-guidance-settings", "wolleb", {"noise_level": 450, "stride": 10}),
+    ("guidance-at-wolleb-settings", "wolleb-wargnier", {"noise_level": 150, "stride": 10, "variant": "guidance"}),
+])
+def test_the_shipped_controls_swap_the_two_studies_settings(name, method, values):
+    """docs/rq-controls (#22, post hoc): each control is one row of its own label, with the other study's
+    inference settings; the constrained one keeps guidance's tuned constraint weight."""
+    from lesionbench.config import load_config_file
+    from lesionbench.planning import method_variants
+    from lesionbench.plugins import load_plugins
+
+    path = SCRIPT.parents[1] / "docs" / "rq-controls" / f"{name}.toml"
+    table = load_config_file(path)
+    assert table["method"] == method
+    cls = load_plugins().methods.get(method)
+    [variant] = method_variants(cls, "quick", table[method], [])
+    assert variant.label == table[method]["label"] and "-at-" in variant.label
+    for key, value in values.items():
+        assert getattr(variant.config, key) == value
+    if method == "wolleb-wargnier":
+        assert variant.config.constraint_weight == pytest.approx(0.0273, abs=1e-4)
