@@ -66,26 +66,19 @@ def volume_placement(volumes) -> dict[str, float]:
 
 def placement_table(runs: pd.DataFrame, dataset: str, labels=None) -> pd.DataFrame:
     """One row per label on ``dataset`` (``labels``' order, else sorted) from the runs' stored maps
-    (``load_runs``' frame); labels without stored maps are left out."""
-    from lesionbench.leaderboard.tables import artifact_path
-    from lesionbench.tracking import read_scores
+    (``load_runs``' frame), sampled as the leaderboard samples them; labels without stored maps are left out."""
+    from lesionbench.leaderboard.tables import _samples, stored_volumes
 
-    runs = runs[runs["tags.dataset"] == dataset]
-    labels = list(labels) if labels is not None else sorted(set(runs["tags.label"]))
+    samples, _ = _samples(runs[runs["tags.dataset"] == dataset], ())
+    labels = list(labels) if labels is not None else sorted({s.label for s in samples})
     out = []
     with tempfile.TemporaryDirectory(prefix="lesionbench-placement-") as tmp:
         for label in labels:
             per_seed = []
-            for _, group in runs[runs["tags.label"] == label].groupby("tags.seed", sort=True):
-                volumes = []
-                for _, run in group.iterrows():  # one run, or a cross-validation's folds
-                    path = artifact_path(run, "scores.npz", Path(tmp), runs.attrs.get("tracking_uri"))
-                    if path is None:
-                        volumes = None
-                        break
-                    volumes += read_scores(path)
-                if volumes:
-                    per_seed.append(volume_placement(volumes))
+            for sample in (s for s in samples if s.label == label):  # one run, or a cross-validation's folds
+                per_run = stored_volumes(sample, Path(tmp), runs.attrs.get("tracking_uri"))
+                if per_run:
+                    per_seed.append(volume_placement([v for read in per_run for v in read]))
             if not per_seed:
                 continue
             s = pd.DataFrame(per_seed)

@@ -308,17 +308,27 @@ def _samples(runs: pd.DataFrame, metrics) -> tuple[list[Sample], list[str]]:
     return samples, notes
 
 
-def _read_sample(sample: Sample, scratch: Path, uri: str | None):
-    """(RunScores of the sample's test volumes, the ScoredVolumes) or None when a run stored no maps. Fold runs:
-    the union of their volumes in case order, each volume with its own fold's thresholds."""
+def stored_volumes(sample: Sample, scratch: Path, uri: str | None) -> list[list] | None:
+    """Each of the sample's runs' stored test volumes (ScoredVolume), by run; None when a run stored no maps."""
     from lesionbench.tracking import read_scores
 
-    volumes, thresholds = [], {k: [] for k in THRESHOLDS}
+    per_run = []
     for run in sample.runs:
         path = artifact_path(run, "scores.npz", scratch, uri)
         if path is None:
             return None
-        read = read_scores(path)
+        per_run.append(read_scores(path))
+    return per_run
+
+
+def _read_sample(sample: Sample, scratch: Path, uri: str | None):
+    """(RunScores of the sample's test volumes, the ScoredVolumes) or None when a run stored no maps. Fold runs:
+    the union of their volumes in case order, each volume with its own fold's thresholds."""
+    per_run = stored_volumes(sample, scratch, uri)
+    if per_run is None:
+        return None
+    volumes, thresholds = [], {k: [] for k in THRESHOLDS}
+    for run, read in zip(sample.runs, per_run):
         volumes += read
         for k in THRESHOLDS:
             thresholds[k] += [float(run.get(f"metrics.threshold/{k}", math.nan))] * len(read)
