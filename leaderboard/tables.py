@@ -256,7 +256,8 @@ class Leaderboard:
     @property
     def untuned_rows(self) -> list[str]:
         """In a table with tuned rows (a study's best configuration: ``-tuned`` in the label), the rows that
-        were not tuned: context at the profile's defaults, not a tuned twin. Empty when no row is tuned."""
+        were not tuned by a study of their own: context at the profile's defaults or at settings their label names
+        (a post hoc control takes another row's tuned settings), not a tuned twin. Empty when no row is tuned."""
         labels = list(self.means.index)
         if not any(TUNED_MARK in str(label) for label in labels):
             return []
@@ -744,8 +745,9 @@ def footnotes(lb: Leaderboard, intervals: bool = True) -> list[str]:
     else:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
     if lb.untuned_rows:
-        notes.append(f"{UNTUNED}: untuned, the profile's defaults (context beside the tuned rows, whose label holds "
-                     f"'{TUNED_MARK}': a study's best configuration on validation): {', '.join(lb.untuned_rows)}.")
+        notes.append(f"{UNTUNED}: untuned, no study of its own: the profile's defaults or the settings its label names "
+                     f"(context beside the tuned rows, whose label holds '{TUNED_MARK}': a study's best configuration on "
+                     f"validation): {', '.join(lb.untuned_rows)}.")
     if any(c[1] in QUALITY for c in lb.columns):
         notes.append(f"{MEAN_RANK}: each row's rank (1 = best) averaged over the quality columns shown.")
     cv = sorted(d for d, info in lb.data.items() if info.get("folds"))

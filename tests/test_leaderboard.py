@@ -485,7 +485,7 @@ def test_untuned_rows_beside_tuned_ones_are_marked_as_context(tmp_path):
     md = render_markdown(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
     rows = [line.split(" | ")[0].removeprefix("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["vae°", "wolleb°", "wolleb-tuned", "wolleb-tuned-auprc"]
-    assert "°: untuned, the profile's defaults" in md and "'-tuned'" in md and ": vae, wolleb." in md
+    assert "°: untuned, no study of its own: the profile's defaults or the settings its label names" in md and "'-tuned'" in md and ": vae, wolleb." in md
     tex = render_latex(build_leaderboard(load_runs(uri), metrics=("auprc",), n_resamples=0))
     assert r"vae$^\circ$" in tex
     untuned_only = render_markdown(build_leaderboard(load_runs(uri).query("~`tags.label`.str.contains('-tuned')"),
