@@ -109,10 +109,13 @@ def test_the_voxel_study_takes_the_variant_with_the_best_validation_value(tmp_pa
 @pytest.mark.parametrize("name, method, values", [
     ("wolleb-at-guidance-settings", "wolleb", {"noise_level": 450, "stride": 10}),
     ("guidance-at-wolleb-settings", "wolleb-wargnier", {"noise_level": 150, "stride": 10, "variant": "guidance"}),
+    ("masked-without-constraint", "wolleb-wargnier", {"noise_level": 250, "stride": 10, "variant": "masked",
+                                                      "mask_dilation": 2, "constraint_weight": 0.0}),
 ])
 def test_the_shipped_controls_swap_the_two_studies_settings(name, method, values):
-    """docs/rq-controls (#22, post hoc): each control is one row of its own label, with the other study's
-    inference settings; the constrained one keeps guidance's tuned constraint weight."""
+    """docs/rq-controls (#22, post hoc): each control is one row of its own label, with another study's
+    inference settings; a constrained one keeps guidance's tuned constraint weight, one without the constraint
+    has weight 0 (its classifier trains as wolleb's)."""
     from lesionbench.config import load_config_file
     from lesionbench.planning import method_variants
     from lesionbench.plugins import load_plugins
@@ -122,8 +125,8 @@ def test_the_shipped_controls_swap_the_two_studies_settings(name, method, values
     assert table["method"] == method
     cls = load_plugins().methods.get(method)
     [variant] = method_variants(cls, "quick", table[method], [])
-    assert variant.label == table[method]["label"] and "-at-" in variant.label
+    assert variant.label == table[method]["label"] and ("-at-" in variant.label or "-without-constraint" in variant.label)
     for key, value in values.items():
         assert getattr(variant.config, key) == value
-    if method == "wolleb-wargnier":
+    if method == "wolleb-wargnier" and "constraint_weight" not in values:
         assert variant.config.constraint_weight == pytest.approx(0.0273, abs=1e-4)

@@ -121,6 +121,27 @@ def test_fused_and_masked_maps_use_one_scale_per_dataset(data):
     assert bool(outside.any()) and float(masked.predict(images).maps[outside].abs().max()) == 0.0
 
 
+def test_without_the_constraint_the_guiding_classifier_and_the_maps_are_wolleb_s(data):
+    """constraint_weight = 0 (#22's post hoc control docs/rq-controls/masked-without-constraint.toml): the
+    classifier trains exactly as wolleb's, same data and seed, so a variant at weight 0 differs from wolleb only
+    by what the variant does at inference; the guidance variant's maps are then wolleb's, number for number."""
+    from lesionbench.methods.wolleb.method import Wolleb
+
+    train, _ = data
+    overrides = {"steps": 2, "classifier_steps": 12, "lr": 2e-3}
+    plain = Wolleb(Wolleb.make_config("smoke", overrides), "cpu", MODALITIES)
+    off = WollebWargnier(WollebWargnier.make_config("smoke", {**overrides, "constraint_weight": 0.0}), "cpu", MODALITIES)
+    on = WollebWargnier(WollebWargnier.make_config("smoke", {**overrides, "constraint_weight": 0.3}), "cpu", MODALITIES)
+    for method in (plain, off, on):
+        torch.manual_seed(0)
+        method.fit(train, train, NullLog())
+    for name, value in plain.classifier.state_dict().items():
+        torch.testing.assert_close(off.classifier.state_dict()[name], value, rtol=0, atol=0)
+    assert any(not torch.equal(on.classifier.state_dict()[n], v) for n, v in plain.classifier.state_dict().items())
+    images = train.images[:4]
+    torch.testing.assert_close(off.predict(images).maps, plain.predict(images).maps, rtol=0, atol=0)
+
+
 def test_bad_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="wolleb-wargnier: variant must be one of .* not 'mask'"):
         WollebWargnier(WollebWargnier.make_config("smoke", {"variant": "mask"}))
