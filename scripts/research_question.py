@@ -31,7 +31,7 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
   takes the learned row (tuned or trained context) with the highest mean test AP per volume: chosen on test,
   which favours it, so a loss to intensity is conservative. Where each row's maps fall
   (``placement-DATASET.md``, :mod:`lesionbench.leaderboard.placement`): top precision and floor share, the
-  numbers behind the qualitative grids. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g.
+  numbers behind the qualitative grids, and the slice AUROC beside what a slice's brain area alone scores. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g.
   context rows run earlier.
 """
 

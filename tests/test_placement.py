@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lesionbench.leaderboard.placement import floor_share, top_precision, volume_placement
+from lesionbench.leaderboard.placement import brain_area_slice_auroc, floor_share, slice_auroc, top_precision, volume_placement
 from lesionbench.metrics import ScoredVolume
 
 
@@ -44,3 +44,21 @@ def test_volume_placement_uses_brain_voxels_of_lesioned_volumes_only():
     assert out["volumes"] == 1 and out["top_precision"] == 1.0
     assert out["prevalence"] == pytest.approx(4 / 72)
     assert out["floor_share"] == pytest.approx(68 / 72)
+
+
+def test_slice_auroc_leaves_out_ambiguous_slices_and_brain_area_sees_no_image():
+    """The brain-area reference scores each slice by its brain voxel count: lesioned slices with more brain than
+    healthy ones give it a high slice AUROC whatever the map; slices labelled -1 count for neither."""
+    brain = np.zeros((4, 8, 8), bool)
+    for i, width in enumerate((2, 6, 7, 3)):
+        brain[i, :width, :width] = True
+    labels = np.array([0, 1, 1, -1], np.int8)
+    lesion = np.zeros_like(brain)
+    lesion[1, 0, 0] = lesion[2, 0, 0] = True
+    v = ScoredVolume("a", np.zeros((4, 8, 8)), brain, lesion, np.array([0.9, 0.1, 0.2, 5.0]), labels)
+    assert brain_area_slice_auroc([v]) == 1.0  # 49 and 36 brain voxels against 4; the -1 slice left out
+    assert slice_auroc([v]) == 0.0  # the slice scores put the healthy slice first; the 5.0 (ambiguous) is ignored
+    healthy = ScoredVolume("b", np.zeros((1, 8, 8)), brain[3:], np.zeros_like(brain[3:]), np.array([0.15]), np.zeros(1, np.int8))
+    assert slice_auroc([v, healthy]) == pytest.approx(0.25)  # pooled over volumes: 0.2 beats 0.15 only
+    assert volume_placement([v, healthy])["slice_auroc"] == pytest.approx(0.25)
+    assert math.isnan(slice_auroc([healthy]))  # one class only

@@ -1,6 +1,7 @@
 """scripts/research_question.py (#22): the planned studies, context rows and publishing as one resumable command."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,9 @@ def test_smoke_run_publishes_and_resumes(tmp_path):
     assert " - intensity |" in contrasts  # the best learned row against the FLAIR baseline
     placement = [l.split(" | ") for l in (published / "placement-synth-ms.md").read_text().splitlines()[2:5]]
     assert sorted(r[0] for r in placement) == ["| intensity", "| saliency-tuned", "| wargnier-tuned"]
-    assert all(r[1] == "1" and 0 <= float(r[3]) <= 1 and 0 <= float(r[5].rstrip(" |")) <= 1 for r in placement)
+    assert all(r[1] == "1" and 0 <= float(r[3]) <= 1 and 0 <= float(r[5]) <= 1 and 0 <= float(r[6].rstrip(" |")) <= 1
+               for r in placement)
+    assert re.search(r"brain area alone, no image seen, scores slice AUROC 0\.\d{3} here", (published / "placement-synth-ms.md").read_text())
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {"saliency-synth-ms-smoke-slice_auroc": 1, "wargnier-synth-ms-smoke-slice_auroc": 1}
