@@ -114,6 +114,8 @@ def test_the_voxel_study_takes_the_variant_with_the_best_validation_value(tmp_pa
     ("guidance-at-wolleb-settings", "wolleb-wargnier", {"noise_level": 150, "stride": 10, "variant": "guidance"}),
     ("masked-without-constraint", "wolleb-wargnier", {"noise_level": 250, "stride": 10, "variant": "masked",
                                                       "mask_dilation": 2, "constraint_weight": 0.0}),
+    ("fusion-without-constraint", "wolleb-wargnier", {"noise_level": 500, "stride": 10, "variant": "fusion",
+                                                      "constraint_weight": 0.0}),
 ])
 def test_the_shipped_controls_swap_the_two_studies_settings(name, method, values):
     """docs/rq-controls (#22, post hoc): each control is one row of its own label, with another study's
