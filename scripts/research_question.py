@@ -2,7 +2,7 @@
 Wargnier-Dauchelle et al. (IEEE TMI 2023) make detection better, alone and inside the diffusion method of
 Wolleb et al. (MICCAI 2022)? Planned contrasts between tuned twins, with equal trial budgets.
 
-    python scripts/research_question.py --workdir ../runs/rq [--stages studies context brats publish]
+    python scripts/research_question.py --workdir ../runs/rq [--stages studies context brats controls publish]
         [--datasets synth-tumor synth-ms] [--brats-root PATH] [--reuse WORKDIR ...] [--dry-run]
 
 Every stage resumes: studies continue from their storage (WORKDIR/optuna.db), finished cells are skipped, so
@@ -25,6 +25,11 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
 - ``brats``: brats2018 (``--brats-root``) in ``--folds``-fold cross-validation at ``--brats-size`` px, seed 0:
   every tuned row with its synth-tumor configuration (no study on brats: ten cases leave no data apart from
   the folds' test sets for one), and the context rows.
+- ``controls``: the post hoc controls of ``--controls DIR`` (default ``docs/rq-controls``), outside the planned
+  family: every ``*.toml`` there but ``family.toml`` is one row (a method at another study's settings, or with
+  the constraint off), run on the dataset that ``family.toml`` names, seeds 0..``--seeds``-1; ``family.toml``
+  lists their contrasts, one family of its own, published as ``controls-DATASET.md`` (table) and
+  ``contrasts-controls-DATASET.md`` (Holm over that family only).
 - ``publish``: per dataset, the Markdown and LaTeX tables and the HTML report (WORKDIR/published), and the
   planned contrasts (``contrasts-DATASET.md``): Hodges-Lehmann effect of AP per volume, bootstrap interval,
   Wilcoxon signed-rank, Holm over this family. The last contrast, the best learned row against ``intensity``,
@@ -199,6 +204,76 @@ class Plan:
         if methods:
             self.call(["run", "--methods", *methods, *data])
 
+    # -- post hoc controls ------------------------------------------------------------------------------
+    def control_family(self) -> tuple[str, list[tuple[str, str]], list[Path]] | None:
+        """(dataset, contrasts, control configs) of ``--controls DIR``, or None where it has no family.toml."""
+        folder = self.args.controls
+        family = folder / "family.toml"
+        if not family.exists():
+            return None
+        try:
+            table = tomllib.loads(family.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"research_question: {family} is not readable TOML: {exc}") from None
+        dataset, pairs = table.get("dataset"), table.get("contrasts")
+        if not isinstance(dataset, str) or not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in pairs):
+            raise SystemExit(f"research_question: {family}: expected dataset = \"NAME\" and contrasts = "
+                             "[[\"ROW\", \"REFERENCE\"], ...]")
+        configs = sorted(f for f in folder.glob("*.toml") if f.name != "family.toml")
+        return dataset, [tuple(p) for p in pairs], configs
+
+    def controls(self) -> None:
+        found = self.control_family()
+        if found is None:
+            raise SystemExit(f"research_question: the controls stage needs {self.args.controls / 'family.toml'}")
+        dataset, _, configs = found
+        seeds = list(range(self.args.seeds))
+        have = self.finished(dataset)
+        for config in configs:
+            label = self.control_label(config)
+            if label is not None and all((label, str(s)) in have for s in seeds):
+                continue  # finished here or in a --reuse workdir
+            self.call(["run", "--config", str(config), "--datasets", dataset, "--seeds", *map(str, seeds), *self.common()])
+
+    @staticmethod
+    def control_label(config: Path) -> str | None:
+        """The row label a control config sets (None: the run names it, and errors name the file)."""
+        try:
+            table = tomllib.loads(config.read_text(encoding="utf-8"))
+            return table[table["method"]]["label"]
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+            return None
+
+    def publish_controls(self, datasets: list[str], runs, stores: list[str]) -> None:
+        found = self.control_family()
+        if found is None or found[0] not in datasets:
+            return
+        dataset, pairs, _ = found
+        out = self.workdir / "published"
+        rows = list(dict.fromkeys(x for p in pairs for x in p))
+        if runs is not None:
+            known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"])
+            missing = [r for r in rows if r not in known]
+            if missing:
+                print(f"research_question: controls on {dataset}: no finished runs yet for {', '.join(missing)}", flush=True)
+            rows = [r for r in rows if r in known]
+            pairs = [p for p in pairs if {*p} <= known]
+        if not pairs:
+            return
+        base = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows, "--format", "md",
+                "--metrics", "auprc", "auprc_vol_mean"]
+        self.call([*base, "--out", str(out / f"controls-{dataset}.md")])
+        argv = [*base, "--out", os.devnull]
+        for row, ref in pairs:
+            argv += ["--contrast", row, ref]
+        print(f"$ {shlex.join(['lesionbench', *argv])} > {out / f'contrasts-controls-{dataset}.md'}", flush=True)
+        if not self.args.dry_run:
+            text = subprocess.run([*self.lb, *argv], capture_output=True, text=True)
+            if text.returncode != 0:
+                raise SystemExit(f"research_question: the controls' contrasts on {dataset} failed: {text.stderr.strip()}")
+            (out / f"contrasts-controls-{dataset}.md").write_text(text.stdout, encoding="utf-8")
+
     # -- publishing ------------------------------------------------------------------------------------
     def contrasts(self, dataset: str, runs) -> list[tuple[str, str]]:
         """The planned family, fixed in advance (those the chosen twins make)."""
@@ -209,19 +284,22 @@ class Plan:
             pairs += [(tuned_label(variant_label(v), SLICE), wolleb) for v in VARIANTS]
         if "guidance" in twins:
             pairs.append((tuned_label("cfg-diffusion", SLICE), wolleb))
-        if "intensity" in self.args.context_methods:
-            pairs.append((self.best_learned(dataset, runs), "intensity"))
+        best = self.best_learned(dataset, runs) if "intensity" in self.args.context_methods else None
+        if best is not None:
+            pairs.append((best, "intensity"))
         return pairs
 
-    def best_learned(self, dataset: str, runs) -> str:
+    def best_learned(self, dataset: str, runs) -> str | None:
         """The learned row (tuned, or a trained context row) with the highest mean test AP per volume on
-        ``dataset`` (chosen on test: see the module)."""
+        ``dataset`` (chosen on test: see the module); None while no learned row has finished there."""
         if self.args.dry_run:
             return "<best-tuned-row>"
         from lesionbench.leaderboard.tables import build_leaderboard
 
         learned = [tuned_label(l, o) for l, o in self.tuned_rows()] + [m for m in self.args.context_methods if m != "intensity"]
         runs = runs[runs["tags.label"].isin(learned) & (runs["tags.dataset"] == dataset)]
+        if runs.empty:
+            return None
         lb = build_leaderboard(runs, ("auprc_vol_mean",), [dataset], n_resamples=0)
         return str(lb.means[(dataset, "auprc_vol_mean")].idxmax())
 
@@ -268,12 +346,13 @@ class Plan:
                 table = render_placement(placement_table(runs, dataset, rows_here), dataset)
                 (out / f"placement-{dataset}.md").write_text(table, encoding="utf-8")
                 print(f"where the maps fall written to {out / f'placement-{dataset}.md'}", flush=True)
+        self.publish_controls(datasets, runs, stores)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, required=True, help="where studies, runs and the published tables go")
-    p.add_argument("--stages", nargs="+", choices=("studies", "context", "brats", "publish"),
+    p.add_argument("--stages", nargs="+", choices=("studies", "context", "brats", "controls", "publish"),
                    default=["studies", "context", "publish"], help="default: studies context publish (brats: with --brats-root)")
     p.add_argument("--datasets", nargs="+", default=["synth-tumor", "synth-ms"])
     p.add_argument("--twins", nargs="+", choices=("constraint", "diffusion", "guidance"),
@@ -289,6 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--brats-size", type=int, default=64)
     p.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="WORKDIR",
                    help="publish: also the runs of these workdirs (the same splits)")
+    p.add_argument("--controls", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "rq-controls",
+                   metavar="DIR", help="the controls stage: control configs and their family.toml")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="set_options", action="append", default=[], metavar="data.KEY=VALUE",
                    help="added to every study and run (e.g. data.cache_dtype=float32 to extend a workdir made before "
@@ -303,6 +384,8 @@ def main(argv=None) -> int:
         plan.context()
     if "brats" in args.stages:
         plan.brats()
+    if "controls" in args.stages:
+        plan.controls()
     if "publish" in args.stages:
         plan.publish([*args.datasets, *(["brats"] if "brats" in args.stages or args.brats_root else [])])
     return 0

@@ -135,3 +135,61 @@ def test_the_shipped_controls_swap_the_two_studies_settings(name, method, values
         assert getattr(variant.config, key) == value
     if method == "wolleb-wargnier" and "constraint_weight" not in values:
         assert variant.config.constraint_weight == pytest.approx(0.0273, abs=1e-4)
+
+
+def test_the_controls_stage_runs_each_shipped_control_and_its_family_names_only_known_rows(tmp_path):
+    """Dry run of the controls stage with the shipped docs/rq-controls: every control config is run on the
+    dataset family.toml names, seeds 0..K-1; every row of its contrasts is a control's label or a planned
+    row (a typo would leave a contrast out of the published family)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("research_question", SCRIPT)
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    done = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--stages", "controls", "publish",
+                   "--datasets", "synth-tumor", "--set", "data.cache_dtype=float32", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [l.removeprefix("$ ") for l in done.stdout.splitlines()]
+    folder = SCRIPT.parents[1] / "docs" / "rq-controls"
+    configs = sorted(f for f in folder.glob("*.toml") if f.name != "family.toml")
+    runs = [l for l in lines if l.startswith("lesionbench run --config")]
+    assert [l.split()[3] for l in runs] == [str(f) for f in configs] and len(configs) == 4
+    assert all("--datasets synth-tumor --seeds 0 1 2" in l and "--set data.cache_dtype=float32" in l for l in runs)
+    plan = rq.Plan(rq.argparse.Namespace(workdir=tmp_path, profile="quick", controls=folder,
+                                         twins=["constraint", "diffusion", "guidance"]))
+    dataset, pairs, _ = plan.control_family()
+    labels = {rq.Plan.control_label(f) for f in configs}
+    planned = {rq.tuned_label(l, o) for l, o in plan.tuned_rows()}
+    assert dataset == "synth-tumor" and len(pairs) == 7 and len(labels) == 4
+    assert {x for p in pairs for x in p} <= labels | planned and labels <= {x for p in pairs for x in p}
+    contrasts = next(l for l in lines if "contrasts-controls-synth-tumor.md" in l)
+    assert contrasts.count("--contrast ") == 7 and "controls-synth-tumor.md" in next(
+        l for l in lines if l.startswith("lesionbench leaderboard") and "--contrast" not in l and "rq-controls" not in l
+        and "at-guidance-settings" in l)
+
+
+def test_controls_run_and_publish_their_own_family_and_a_bad_family_file_is_named(tmp_path):
+    """A control (intensity on T2, its own label) at smoke size: run, then published with its contrast against
+    the context row in a family of its own; the same command again runs nothing. A family.toml without
+    pairs stops the stage with its path."""
+    controls = tmp_path / "controls"
+    controls.mkdir()
+    (controls / "t2.toml").write_text('method = "intensity"\n[intensity]\nlabel = "intensity-t2"\nmodality = "t2"\n')
+    (controls / "family.toml").write_text('dataset = "synth-ms"\ncontrasts = [["intensity-t2", "intensity"]]\n')
+    workdir = tmp_path / "w"
+    args = ["--workdir", str(workdir), "--controls", str(controls), "--datasets", "synth-ms", "--profile", "smoke",
+            "--seeds", "1", "--twins", "constraint", "--context-methods", "intensity", "--device", "cpu"]
+    done = _script(*args, "--stages", "context", "controls", "publish", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    published = workdir / "published"
+    table = (published / "controls-synth-ms.md").read_text()
+    rows = sorted(l.split(" |")[0] for l in table.splitlines() if l.startswith("| ") and not l.startswith("| label"))
+    assert rows == ["| intensity", "| intensity-t2"]
+    contrasts = (published / "contrasts-controls-synth-ms.md").read_text()
+    assert "| synth-ms | intensity-t2 - intensity |" in contrasts
+    assert "saliency" not in contrasts  # the planned family is published apart
+    again = _script(*args, "--stages", "controls", cwd=tmp_path)
+    assert again.returncode == 0 and "lesionbench run" not in again.stdout
+    (controls / "family.toml").write_text('dataset = "synth-ms"\ncontrasts = ["intensity-t2"]\n')
+    bad = _script(*args, "--stages", "controls", cwd=tmp_path)
+    assert bad.returncode != 0 and f"{controls / 'family.toml'}: expected dataset" in bad.stderr
