@@ -36,7 +36,9 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
   takes the learned row (tuned or trained context) with the highest mean test AP per volume: chosen on test,
   which favours it, so a loss to intensity is conservative. Where each row's maps fall
   (``placement-DATASET.md``, :mod:`lesionbench.leaderboard.placement`): top precision and floor share, the
-  numbers behind the qualitative grids, and the slice AUROC beside what a slice's brain area alone scores. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g.
+  numbers behind the qualitative grids, and the slice AUROC beside what a slice's brain area alone scores. The
+  compute each row cost (``compute-DATASET.md``, :mod:`lesionbench.leaderboard.compute`): core-hours of its
+  study's trials and of its test runs. ``--reuse DIR`` adds the runs of other workdirs (same splits), e.g.
   context rows run earlier.
 """
 
@@ -346,6 +348,14 @@ class Plan:
                 table = render_placement(placement_table(runs, dataset, rows_here), dataset)
                 (out / f"placement-{dataset}.md").write_text(table, encoding="utf-8")
                 print(f"where the maps fall written to {out / f'placement-{dataset}.md'}", flush=True)
+            if not self.args.dry_run and rows_here:  # the compute each row cost: its study's trials, its test runs
+                from lesionbench.leaderboard.compute import compute_table, ended_runs, render_compute
+                from lesionbench.tuning import default_study_name
+
+                studies = {tuned_label(l, o): default_study_name(l, dataset, self.args.profile, o) for l, o in self.tuned_rows()}
+                table = compute_table(ended_runs(self.uris(), dataset), {r: studies.get(r) for r in rows_here})
+                (out / f"compute-{dataset}.md").write_text(render_compute(*table, dataset), encoding="utf-8")
+                print(f"compute spent written to {out / f'compute-{dataset}.md'}", flush=True)
         self.publish_controls(datasets, runs, stores)
 
 

@@ -57,8 +57,14 @@ def test_smoke_run_publishes_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     published = workdir / "published"
     assert sorted(p.name for p in published.iterdir()) == [
-        "contrasts-synth-ms.md", "leaderboard-synth-ms.html", "leaderboard-synth-ms.md", "leaderboard-synth-ms.tex",
-        "placement-synth-ms.md"]
+        "compute-synth-ms.md", "contrasts-synth-ms.md", "leaderboard-synth-ms.html", "leaderboard-synth-ms.md",
+        "leaderboard-synth-ms.tex", "placement-synth-ms.md"]
+    compute = {l.split(" | ")[0].removeprefix("| "): l.split(" | ")[1:] for l in
+               (published / "compute-synth-ms.md").read_text().splitlines()[2:5]}
+    assert sorted(compute) == ["intensity", "saliency-tuned", "wargnier-tuned"]
+    assert [compute["saliency-tuned"][0], compute["saliency-tuned"][2]] == ["1", "1"]  # its trial, its final run
+    assert [compute["intensity"][0], compute["intensity"][2]] == ["0", "1"]  # untuned: no study
+    assert [compute["wargnier-tuned"][0], compute["wargnier-tuned"][2]] == ["1", "1"]
     table = (published / "leaderboard-synth-ms.md").read_text()
     rows = [l.split(" |")[0] for l in table.splitlines() if l.startswith("| ") and not l.startswith("| label")]
     assert rows == ["| intensity°", "| saliency-tuned", "| wargnier-tuned"]
