@@ -72,6 +72,13 @@ def tuned_label(label: str, objective: str) -> str:
     return f"{label}-tuned" + ("-auprc" if objective == VOXEL else "")
 
 
+def complete_rows(runs, dataset: str, rows: list[str], seeds: int) -> set[str]:
+    """The rows with a finished run on ``dataset`` for every seed 0..``seeds``-1."""
+    here = runs[runs["tags.dataset"] == dataset]
+    wanted = {str(s) for s in range(seeds)}
+    return {r for r in rows if wanted <= set(here.loc[here["tags.label"] == r, "tags.seed"].astype(str))}
+
+
 class Plan:
     def __init__(self, args):
         self.args = args
@@ -254,11 +261,12 @@ class Plan:
         dataset, pairs, _ = found
         out = self.workdir / "published"
         rows = list(dict.fromkeys(x for p in pairs for x in p))
-        if runs is not None:
-            known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"])
+        if runs is not None:  # a row enters once all its seeds have finished (a contrast averages over seeds)
+            known = complete_rows(runs, dataset, rows, self.args.seeds)
             missing = [r for r in rows if r not in known]
             if missing:
-                print(f"research_question: controls on {dataset}: no finished runs yet for {', '.join(missing)}", flush=True)
+                print(f"research_question: controls on {dataset}: seeds 0..{self.args.seeds - 1} not all finished yet "
+                      f"for {', '.join(missing)}", flush=True)
             rows = [r for r in rows if r in known]
             pairs = [p for p in pairs if {*p} <= known]
         if not pairs:
@@ -274,7 +282,9 @@ class Plan:
             text = subprocess.run([*self.lb, *argv], capture_output=True, text=True)
             if text.returncode != 0:
                 raise SystemExit(f"research_question: the controls' contrasts on {dataset} failed: {text.stderr.strip()}")
-            (out / f"contrasts-controls-{dataset}.md").write_text(text.stdout, encoding="utf-8")
+            note = (f"Post hoc controls ({self.args.controls / 'family.toml'}), outside the planned family: Holm over "
+                    "these contrasts only.\n\n")
+            (out / f"contrasts-controls-{dataset}.md").write_text(note + text.stdout, encoding="utf-8")
 
     # -- publishing ------------------------------------------------------------------------------------
     def contrasts(self, dataset: str, runs) -> list[tuple[str, str]]:

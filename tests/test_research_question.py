@@ -193,9 +193,23 @@ def test_controls_run_and_publish_their_own_family_and_a_bad_family_file_is_name
     assert rows == ["| intensity", "| intensity-t2"]
     contrasts = (published / "contrasts-controls-synth-ms.md").read_text()
     assert "| synth-ms | intensity-t2 - intensity |" in contrasts
-    assert "saliency" not in contrasts  # the planned family is published apart
+    assert "saliency" not in contrasts and contrasts.startswith("Post hoc controls")  # the planned family is apart
     again = _script(*args, "--stages", "controls", cwd=tmp_path)
     assert again.returncode == 0 and "lesionbench run" not in again.stdout
     (controls / "family.toml").write_text('dataset = "synth-ms"\ncontrasts = ["intensity-t2"]\n')
     bad = _script(*args, "--stages", "controls", cwd=tmp_path)
     assert bad.returncode != 0 and f"{controls / 'family.toml'}: expected dataset" in bad.stderr
+
+
+def test_a_control_enters_its_contrasts_only_once_every_seed_has_finished():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("research_question", SCRIPT)
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    runs = pd.DataFrame({"tags.dataset": ["t", "t", "t", "t", "m", "m"], "tags.label": ["a", "a", "a", "b", "b", "b"],
+                         "tags.seed": ["0", "1", "2", "0", "1", "2"]})
+    assert rq.complete_rows(runs, "t", ["a", "b", "c"], 3) == {"a"}  # b has seeds 1 and 2 on another dataset only
+    assert rq.complete_rows(runs, "t", ["a", "b"], 1) == {"a", "b"}
