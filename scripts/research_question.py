@@ -331,7 +331,9 @@ class Plan:
             if runs is not None:
                 known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"])
                 rows_here = [r for r in rows if r in known]
-                missing = [r for r in rows if r not in known]
+                voxel_variants = [tuned_label(variant_label(v), VOXEL) for v in VARIANTS]
+                chosen = any(r in known for r in voxel_variants)  # one variant has the voxel study: the others never run
+                missing = [r for r in rows if r not in known and not (chosen and r in voxel_variants)]
                 if missing:
                     print(f"research_question: {dataset}: no finished runs yet for {', '.join(missing)}", flush=True)
             else:
