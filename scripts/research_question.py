@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -229,6 +230,8 @@ class Plan:
                 isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in pairs):
             raise SystemExit(f"research_question: {family}: expected dataset = \"NAME\" and contrasts = "
                              "[[\"ROW\", \"REFERENCE\"], ...]")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", dataset):  # it names files in WORKDIR/published
+            raise SystemExit(f"research_question: {family}: dataset {dataset!r} is not a dataset name")
         configs = sorted(f for f in folder.glob("*.toml") if f.name != "family.toml")
         return dataset, [tuple(p) for p in pairs], configs
 

@@ -199,6 +199,10 @@ def test_controls_run_and_publish_their_own_family_and_a_bad_family_file_is_name
     (controls / "family.toml").write_text('dataset = "synth-ms"\ncontrasts = ["intensity-t2"]\n')
     bad = _script(*args, "--stages", "controls", cwd=tmp_path)
     assert bad.returncode != 0 and f"{controls / 'family.toml'}: expected dataset" in bad.stderr
+    (controls / "family.toml").write_text('dataset = "../../x"\ncontrasts = [["intensity-t2", "intensity"]]\n')
+    bad = _script(*args, "--stages", "publish", cwd=tmp_path)  # the name would make a file outside the workdir
+    assert bad.returncode != 0 and "dataset '../../x' is not a dataset name" in bad.stderr
+    assert not list(tmp_path.glob("**/controls-*x.md"))
 
 
 def test_a_control_enters_its_contrasts_only_once_every_seed_has_finished():
