@@ -339,6 +339,8 @@ class Plan:
                 missing = [r for r in rows if r not in known and not (chosen and r in voxel_variants)]
                 if missing:
                     print(f"research_question: {dataset}: no finished runs yet for {', '.join(missing)}", flush=True)
+                if not rows_here:
+                    continue  # nothing to publish on this dataset yet
             else:
                 rows_here = rows
             base = ["leaderboard", *stores, "--datasets", dataset, "--rows", *rows_here]

@@ -196,6 +196,9 @@ def test_controls_run_and_publish_their_own_family_and_a_bad_family_file_is_name
     assert "saliency" not in contrasts and contrasts.startswith("Post hoc controls")  # the planned family is apart
     again = _script(*args, "--stages", "controls", cwd=tmp_path)
     assert again.returncode == 0 and "lesionbench run" not in again.stdout
+    empty = _script(*args, "--stages", "publish", "--datasets", "synth-tumor", cwd=tmp_path)  # nothing ran there
+    assert empty.returncode == 0, empty.stderr[-2000:]
+    assert "synth-tumor: no finished runs yet for" in empty.stdout and not list(published.glob("*synth-tumor*"))
     (controls / "family.toml").write_text('dataset = "synth-ms"\ncontrasts = ["intensity-t2"]\n')
     bad = _script(*args, "--stages", "controls", cwd=tmp_path)
     assert bad.returncode != 0 and f"{controls / 'family.toml'}: expected dataset" in bad.stderr
