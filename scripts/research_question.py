@@ -74,10 +74,10 @@ def tuned_label(label: str, objective: str) -> str:
 
 
 def complete_rows(runs, dataset: str, rows: list[str], seeds: int) -> set[str]:
-    """The rows with a finished run on ``dataset`` for every seed 0..``seeds``-1."""
+    """The rows with a finished run on ``dataset`` for every seed 0..``seeds``-1 (``runs``: load_runs's table)."""
     here = runs[runs["tags.dataset"] == dataset]
-    wanted = {str(s) for s in range(seeds)}
-    return {r for r in rows if wanted <= set(here.loc[here["tags.label"] == r, "tags.seed"].astype(str))}
+    have = set(zip(here["tags.label"], here["tags.seed"].astype(str)))
+    return {r for r in rows if all((r, str(s)) in have for s in range(seeds))}
 
 
 class Plan:
@@ -173,26 +173,22 @@ class Plan:
             rows += [("wolleb", VOXEL)] + [(variant_label(v), VOXEL) for v in VARIANTS]
         return rows
 
-    def finished(self, dataset: str) -> set[tuple[str, str]]:
-        """(label, seed) of the finished runs on ``dataset`` in this workdir and the ``--reuse`` ones: cells run
-        before are reused, not run again (the leaderboard then checks that they share the split)."""
+    def unfinished(self, dataset: str, rows: list[str], seeds: int) -> list[str]:
+        """The ``rows`` that lack a finished run on ``dataset`` for some seed 0..``seeds``-1, in this workdir and
+        the ``--reuse`` ones: cells run before are reused, not run again (the leaderboard then checks that they
+        share the split)."""
         from lesionbench.leaderboard.tables import load_runs
 
         uris = [u for u in self.uris() if Path(u.removeprefix("sqlite:///")).exists()]
         if self.args.dry_run or not uris:
-            return set()
-        runs = load_runs(uris, "lesionbench")
-        runs = runs[runs["tags.dataset"] == dataset]
-        return set(zip(runs["tags.label"], runs["tags.seed"].astype(str)))
-
-    def missing_context(self, dataset: str, seeds: list[int]) -> list[str]:
-        have = self.finished(dataset)
-        return [m for m in self.args.context_methods if any((m, str(s)) not in have for s in seeds)]
+            return list(rows)
+        done = complete_rows(load_runs(uris, "lesionbench"), dataset, rows, seeds)
+        return [r for r in rows if r not in done]
 
     def context(self) -> None:
         a = self.args
         for dataset in a.datasets:
-            methods = self.missing_context(dataset, list(range(a.seeds)))
+            methods = self.unfinished(dataset, a.context_methods, a.seeds)
             if methods:
                 self.call(["run", "--methods", *methods, "--datasets", dataset, "--seeds", *map(str, range(a.seeds)),
                            "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
@@ -210,7 +206,7 @@ class Plan:
                     continue  # not the variant chosen for the voxel objective
                 raise SystemExit(f"research_question: {best} is missing: run the studies stage on synth-tumor first")
             self.call(["run", "--config", str(best), *data])
-        methods = self.missing_context("brats", [0])
+        methods = self.unfinished("brats", a.context_methods, 1)
         if methods:
             self.call(["run", "--methods", *methods, *data])
 
@@ -240,13 +236,12 @@ class Plan:
         if found is None:
             raise SystemExit(f"research_question: the controls stage needs {self.args.controls / 'family.toml'}")
         dataset, _, configs = found
-        seeds = list(range(self.args.seeds))
-        have = self.finished(dataset)
-        for config in configs:
-            label = self.control_label(config)
-            if label is not None and all((label, str(s)) in have for s in seeds):
-                continue  # finished here or in a --reuse workdir
-            self.call(["run", "--config", str(config), "--datasets", dataset, "--seeds", *map(str, seeds), *self.common()])
+        labels = {config: self.control_label(config) for config in configs}
+        todo = set(self.unfinished(dataset, [l for l in labels.values() if l is not None], self.args.seeds))
+        for config, label in labels.items():
+            if label is None or label in todo:  # else finished here or in a --reuse workdir
+                self.call(["run", "--config", str(config), "--datasets", dataset,
+                           "--seeds", *map(str, range(self.args.seeds)), *self.common()])
 
     @staticmethod
     def control_label(config: Path) -> str | None:
