@@ -24,7 +24,8 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
   ``--reuse`` one are not run again.
 - ``brats``: brats2018 (``--brats-root``) in ``--folds``-fold cross-validation at ``--brats-size`` px, seed 0:
   every tuned row with its synth-tumor configuration (no study on brats: ten cases leave no data apart from
-  the folds' test sets for one), and the context rows.
+  the folds' test sets for one), and the context rows. The configurations are this workdir's studies, or
+  with ``--tuned DIR`` the files ``DIR/STUDY.toml``: ``docs/rq-tuned`` holds the ones #22 published.
 - ``controls``: the post hoc controls of ``--controls DIR`` (default ``docs/rq-controls``), outside the planned
   family: every ``*.toml`` there but ``family.toml`` is one row (a method at another study's settings, or with
   the constraint off), run on the dataset that ``family.toml`` names, seeds 0..``--seeds``-1; ``family.toml``
@@ -193,6 +194,15 @@ class Plan:
                 self.call(["run", "--methods", *methods, "--datasets", dataset, "--seeds", *map(str, range(a.seeds)),
                            "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
 
+    def synth_tumor_config(self, label: str, objective: str) -> Path:
+        """The configuration a brats row runs: its synth-tumor study's best.toml in this workdir, or with
+        ``--tuned DIR`` the file ``DIR/STUDY.toml`` (``docs/rq-tuned`` holds the ones #22 published)."""
+        if self.args.tuned is None:
+            return self.best(label, "synth-tumor", objective)
+        from lesionbench.tuning import default_study_name
+
+        return self.args.tuned / f"{default_study_name(label, 'synth-tumor', self.args.profile, objective)}.toml"
+
     def brats(self) -> None:
         a = self.args
         if a.brats_root is None:
@@ -200,11 +210,12 @@ class Plan:
         data = ["--datasets", "brats", "--root", f"brats={a.brats_root}", "--folds", str(a.folds), "--seeds", "0",
                 "--set", f"data.size={a.brats_size}", *self.common()]
         for label, objective in self.tuned_rows():
-            best = self.best(label, "synth-tumor", objective)
+            best = self.synth_tumor_config(label, objective)
             if not a.dry_run and not best.exists():
                 if objective == VOXEL and label != "wolleb":
                     continue  # not the variant chosen for the voxel objective
-                raise SystemExit(f"research_question: {best} is missing: run the studies stage on synth-tumor first")
+                where = "pass --tuned docs/rq-tuned or" if a.tuned is None else "check --tuned, or"
+                raise SystemExit(f"research_question: {best} is missing: {where} run the studies stage on synth-tumor first")
             self.call(["run", "--config", str(best), *data])
         methods = self.unfinished("brats", a.context_methods, 1)
         if methods:
@@ -388,6 +399,9 @@ def main(argv=None) -> int:
     p.add_argument("--brats-root", type=Path)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--brats-size", type=int, default=64)
+    p.add_argument("--tuned", type=Path, metavar="DIR",
+                   help="brats: the synth-tumor configurations from DIR/STUDY.toml (e.g. docs/rq-tuned) instead of "
+                        "this workdir's studies")
     p.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="WORKDIR",
                    help="publish: also the runs of these workdirs (the same splits)")
     p.add_argument("--controls", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "rq-controls",

@@ -219,3 +219,56 @@ def test_a_control_enters_its_contrasts_only_once_every_seed_has_finished():
                          "tags.seed": ["0", "1", "2", "0", "1", "2"]})
     assert rq.complete_rows(runs, "t", ["a", "b", "c"], 3) == {"a"}  # b has seeds 1 and 2 on another dataset only
     assert rq.complete_rows(runs, "t", ["a", "b"], 1) == {"a", "b"}
+
+
+def _rq():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("research_question", SCRIPT)
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    return rq
+
+
+def test_the_published_tuned_configs_are_the_plans_rows_and_agree_with_the_controls(tmp_path):
+    """docs/rq-tuned (#22): one loadable config per tuned row the plan makes on synth-tumor (of the voxel
+    variants, only the chosen one), named as its study and labelled as its row; the brats stage with --tuned runs
+    exactly these; the inference settings agree with the controls' copies of them (docs/rq-controls)."""
+    from lesionbench.config import load_config_file
+    from lesionbench.planning import method_variants
+    from lesionbench.plugins import load_plugins
+
+    rq = _rq()
+    folder = SCRIPT.parents[1] / "docs" / "rq-tuned"
+    plan = rq.Plan(rq.argparse.Namespace(workdir=tmp_path, profile="quick", tuned=folder,
+                                         twins=["constraint", "diffusion", "guidance"]))
+    shipped = {}
+    for label, objective in plan.tuned_rows():
+        path = plan.synth_tumor_config(label, objective)
+        if objective == rq.VOXEL and label != "wolleb" and not path.exists():
+            continue  # a variant not chosen for the voxel objective
+        table = load_config_file(path)
+        method = table["method"]
+        [variant] = method_variants(load_plugins().methods.get(method), "quick", table[method], [])
+        assert variant.label == rq.tuned_label(label, objective) == table[method]["label"]
+        shipped[variant.label] = variant.config
+    assert len(shipped) == 9 and sorted(p.stem for p in folder.glob("*.toml")) == sorted(
+        plan.synth_tumor_config(l, o).stem for l, o in plan.tuned_rows() if rq.tuned_label(l, o) in shipped)
+    controls = {p.stem: load_config_file(p) for p in (SCRIPT.parents[1] / "docs" / "rq-controls").glob("*-*.toml")}
+    settings = ("noise_level", "guidance_scale", "stride")
+    pairs = [("wolleb-tuned", "guidance-at-wolleb-settings"),
+             ("wolleb-wargnier[variant=guidance]-tuned", "wolleb-at-guidance-settings"),
+             ("wolleb-wargnier[variant=masked]-tuned", "masked-without-constraint"),
+             ("wolleb-wargnier[variant=fusion]-tuned", "fusion-without-constraint")]
+    for row, control in pairs:
+        table = controls[control][controls[control]["method"]]
+        assert [getattr(shipped[row], k) for k in settings] == [table[k] for k in settings]
+    weight = controls["guidance-at-wolleb-settings"]["wolleb-wargnier"]["constraint_weight"]
+    assert all(shipped[f"wolleb-wargnier[variant={v}]-tuned"].constraint_weight == weight for v in rq.VARIANTS)
+    brats = ["--workdir", str(tmp_path / "w"), "--stages", "brats", "--brats-root", str(tmp_path)]
+    done = _script(*brats, "--tuned", str(folder), "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = [l.split()[4] for l in done.stdout.splitlines() if l.startswith("$ lesionbench run --config")]
+    assert all(r.startswith(str(folder)) for r in runs) and len(runs) == 11  # a dry run lists every voxel variant
+    missing = _script(*brats, "--tuned", str(tmp_path), cwd=tmp_path)  # no config there: stops, naming the file
+    assert missing.returncode != 0 and "saliency-synth-tumor-quick-slice_auroc.toml is missing" in missing.stderr
