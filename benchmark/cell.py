@@ -26,7 +26,7 @@ from lesionbench.config import config_dict, flatten, stable_hash
 from lesionbench.fitlog import VAL_OBJECTIVES, HarnessLog
 from lesionbench.method import Method
 from lesionbench.pipeline import PreparedDataset
-from lesionbench.planning import RunRequest, Variant
+from lesionbench.planning import DEFAULT_OBJECTIVE, RunRequest, Variant
 from lesionbench.prediction import native_scored, predict_cases, save_maps
 from lesionbench.preparation import Fold
 from lesionbench.seeding import seed_everything
@@ -58,11 +58,12 @@ class Cell:
     split_path: Path | None
     seed: int
     eval_space: str = "resampled"
+    objective: str = DEFAULT_OBJECTIVE  # what log.evaluate returns: it picks the checkpoints of methods that keep the best
 
     @property
     def key(self) -> str:
         """The ``cell`` tag: a finished run with this key is the cell done."""
-        return cell_hash(self.variant, self.dataset, self.split, self.seed, self.eval_space)
+        return cell_hash(self.variant, self.dataset, self.split, self.seed, self.eval_space, self.objective)
 
     @property
     def where(self) -> str:
@@ -81,8 +82,13 @@ class Harness:
     commit: str
 
 
-def cell_hash(variant: Variant, dataset: PreparedDataset, split: dict, seed: int, eval_space: str) -> str:
-    return stable_hash([variant.method.name, config_dict(variant.config), dataset.preprocessing, split_hash(split), seed, eval_space], 16)
+def cell_hash(variant: Variant, dataset: PreparedDataset, split: dict, seed: int, eval_space: str,
+              objective: str = DEFAULT_OBJECTIVE) -> str:
+    """The cell's identity. The validation objective is part of it (a method that keeps its best checkpoint on
+    ``log.evaluate`` keeps another one under another objective), but only when it is not the default, so cells run
+    before it entered keep their keys."""
+    parts = [variant.method.name, config_dict(variant.config), dataset.preprocessing, split_hash(split), seed, eval_space]
+    return stable_hash(parts + ([objective] if objective != DEFAULT_OBJECTIVE else []), 16)
 
 
 def cell_tags(variant: Variant, dataset: PreparedDataset, seed: int, profile: str, request: RunRequest, commit: str,

@@ -61,7 +61,7 @@ class Grid:
                 yield [], [CellResult(v.label, dcls.name, seed, "failed", error=str(exc))
                            for v in self.variants for seed in self.request.seeds for _ in range(max(self.request.folds, 1))]
                 continue
-            yield [Cell(variant, dataset, split, split_path, seed, self.eval_space)
+            yield [Cell(variant, dataset, split, split_path, seed, self.eval_space, self.request.objective)
                    for dataset, split, split_path in prepared for variant in self.variants
                    for seed in self.request.seeds], []
 

@@ -23,6 +23,10 @@ from lesionbench.method import Method
 from lesionbench.plugins import Plugins
 
 
+#: the validation key log.evaluate returns when a run names none (``run --objective``)
+DEFAULT_OBJECTIVE = "auprc"
+
+
 @dataclass
 class RunRequest:
     methods: list[str] | None = None
@@ -39,7 +43,7 @@ class RunRequest:
     roots: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     experiment: str = "lesionbench"
-    objective: str = "auprc"
+    objective: str = DEFAULT_OBJECTIVE
     eval_native: bool = False  # evaluate in the source voxel grid through the inverse transform
     save_maps: Path | None = None  # write test maps as NIfTI in the source space under this folder
     skip_bad: bool = False  # leave bad cases out (reported) instead of refusing the dataset

@@ -346,7 +346,7 @@ class Tuner:
         if retried_from(trial) is not None:
             tags["optuna_retry_of"] = retried_from(trial)
         cell = Cell(Variant(cls, self.variant.label, overrides, config), self.dataset, self.split, self.split_path,
-                    request.seed)
+                    request.seed, objective=self.objective)
 
         def report(step: int, value: float) -> None:  # log.evaluate's values feed the pruner
             if math.isnan(value):

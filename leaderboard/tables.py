@@ -181,6 +181,12 @@ def _check_consistent(runs: pd.DataFrame) -> None:
                     f"label {label!r} on {dataset} has {len(configs)} different configurations "
                     f"(config_hash {', '.join(configs)}); give each configuration its own label"
                 )
+            objectives = rows["params.objective"].dropna().unique() if "params.objective" in rows else []
+            if len(objectives) > 1:  # another objective keeps other checkpoints (log.evaluate): another row
+                raise LeaderboardError(
+                    f"label {label!r} on {dataset} has runs under {len(objectives)} validation objectives "
+                    f"({', '.join(sorted(objectives))}); give each objective its own label"
+                )
 
 
 def _select(runs: pd.DataFrame, metrics, datasets) -> pd.DataFrame:

@@ -216,7 +216,9 @@ class Plan:
                     continue  # not the variant chosen for the voxel objective
                 where = "pass --tuned docs/rq-tuned or" if a.tuned is None else "check --tuned, or"
                 raise SystemExit(f"research_question: {best} is missing: {where} run the studies stage on synth-tumor first")
-            self.call(["run", "--config", str(best), *data])
+            # the objective the row was tuned on, as tune's final runs had it: it picks the checkpoints of the
+            # methods that keep their best (the classifier twins), so a slice row never reads validation voxels
+            self.call(["run", "--config", str(best), "--objective", objective.removeprefix("val/"), *data])
         methods = self.unfinished("brats", a.context_methods, 1)
         if methods:
             self.call(["run", "--methods", *methods, *data])
@@ -251,8 +253,8 @@ class Plan:
         todo = set(self.unfinished(dataset, [l for l in labels.values() if l is not None], self.args.seeds))
         for config, label in labels.items():
             if label is None or label in todo:  # else finished here or in a --reuse workdir
-                self.call(["run", "--config", str(config), "--datasets", dataset,
-                           "--seeds", *map(str, range(self.args.seeds)), *self.common()])
+                self.call(["run", "--config", str(config), "--objective", SLICE.removeprefix("val/"), "--datasets",
+                           dataset, "--seeds", *map(str, range(self.args.seeds)), *self.common()])
 
     @staticmethod
     def control_label(config: Path) -> str | None:

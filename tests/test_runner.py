@@ -1,5 +1,6 @@
 """End to end through the CLI and the runner: tracking keys, skipping, reproducibility, failures, guarantees."""
 
+import dataclasses
 import json
 import math
 import os
@@ -313,3 +314,42 @@ def test_the_source_digest_names_the_code_where_git_cannot(tmp_path):
     for module in ("lesionbench/tracking.py", "lesionbench/methods/wargnier/method.py",
                    "lesionbench/datasets/__init__.py", "lesionbench/leaderboard/tables.py"):
         assert module in names, module
+
+
+def test_the_validation_objective_is_part_of_a_cell_and_one_label_keeps_one(tmp_path, capsys):
+    """A run under another objective is another cell (a method that keeps its best checkpoint on log.evaluate
+    keeps another one), not skipped as finished; the default objective keeps the key cells had before it entered;
+    a table refuses one label whose runs used two objectives."""
+    from lesionbench.cell import cell_hash
+    from lesionbench.config import stable_hash
+    from lesionbench.leaderboard.tables import LeaderboardError, build_table, load_runs
+    from lesionbench.tracking import default_tracking_uri
+
+    args = ["run", "--methods", "intensity", "--datasets", "synth-ms", "--profile", "smoke", "--seeds", "0",
+            "--workdir", str(tmp_path), "--device", "cpu"]
+    assert main(args) == 0 and "1 cells run, 0 skipped" in capsys.readouterr().err
+    assert main(args + ["--objective", "slice_auroc"]) == 0 and "1 cells run, 0 skipped" in capsys.readouterr().err
+    assert main(args + ["--objective", "slice_auroc"]) == 0 and "0 cells run, 1 skipped" in capsys.readouterr().err
+    client, runs = _runs(tmp_path)
+    keys = {r.data.params["objective"]: r.data.tags["cell"] for r in runs}
+    assert sorted(keys) == ["val/auprc", "val/slice_auroc"] and len(set(keys.values())) == 2
+    with pytest.raises(LeaderboardError, match=r"'intensity' on synth-ms has runs under 2 validation objectives"):
+        build_table(load_runs(default_tracking_uri(tmp_path)))
+
+    @dataclasses.dataclass
+    class Config:
+        a: int = 1
+
+    class V:  # what cell_hash reads of a variant
+        method = type("M", (), {"name": "m"})
+        config = Config()
+
+    class D:
+        preprocessing = {"p": 1}
+
+    parts = ["m", {"a": 1}, {"p": 1}]
+    from lesionbench.splits import split_hash
+
+    split = {"c1": "test"}
+    assert cell_hash(V, D, split, 0, "resampled") == stable_hash(parts + [split_hash(split), 0, "resampled"], 16)
+    assert cell_hash(V, D, split, 0, "resampled", "slice_auroc") != cell_hash(V, D, split, 0, "resampled")
