@@ -16,6 +16,7 @@ import torch
 from lesionbench import metrics as M
 from lesionbench.config import stable_hash
 from lesionbench.method import Method
+from lesionbench.planning import DEFAULT_OBJECTIVE
 from lesionbench.prediction import predict_cases
 from lesionbench.preprocessing import PreparedCase
 from lesionbench.seeding import restore_rng, rng_state
@@ -71,13 +72,16 @@ class HarnessLog:
             Image.fromarray(np.asarray(image)).save(path)
             self.run.artifact(path, "fit")
 
-    def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
+    def cached(self, part: str, key: dict, train: Callable[[], dict], uses_objective: bool = False) -> dict:
         """Trained parts cached by a hash of (method, part, its key, data, split, seed) (design §3); the
-        method is its ``parts_owner`` when it sets one (a method reusing another method's parts)."""
+        method is its ``parts_owner`` when it sets one (a method reusing another method's parts). A part whose
+        training keeps its best checkpoint on ``evaluate`` (``uses_objective``) adds the objective to the hash
+        when it is not the default, so entries cached before keep their names."""
         if self.parts_dir is None:
             return train()
         owner = getattr(self.method, "parts_owner", None) or self.method.name
-        digest = stable_hash([owner, part, key, self.parts_key], 20)
+        objective = [self.objective] if uses_objective and self.objective != DEFAULT_OBJECTIVE else []
+        digest = stable_hash([owner, part, key, self.parts_key] + objective, 20)
         path = self.parts_dir / f"{owner}-{part}-{digest}.pt"
         entry = self._load_part(path) if path.exists() else None
         if entry is not None:

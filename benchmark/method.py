@@ -78,10 +78,12 @@ class FitLog(Protocol):
         """Record a warning about the fit with the run (a ``warning.*`` tag, shown with the cell's other
         warnings), e.g. a regularising term that never moved (``lesionbench.regularisation``)."""
 
-    def cached(self, part: str, key: dict, train: Callable[[], dict]) -> dict:
+    def cached(self, part: str, key: dict, train: Callable[[], dict], uses_objective: bool = False) -> dict:
         """A trained part (a DDPM, a classifier) as a state dict of tensors and plain values, trained by ``train()``
         only when no cache entry exists for (part, key, data, split, run seed). ``key``: the hyperparameters that
-        shape the part (``lesionbench.parts`` derives it), so variants sharing the part do not retrain it."""
+        shape the part (``lesionbench.parts`` derives it), so variants sharing the part do not retrain it.
+        ``uses_objective``: ``train()`` keeps its best checkpoint on ``evaluate``, so the part depends on the run's
+        validation objective too (a run under another objective trains its own)."""
 
 
 class NullLog:
@@ -99,7 +101,7 @@ class NullLog:
     def warn(self, message):
         warnings.warn(message, RuntimeWarning, stacklevel=2)  # outside the harness nobody else shows it
 
-    def cached(self, part, key, train):
+    def cached(self, part, key, train, uses_objective=False):
         return train()
 
 

@@ -28,7 +28,7 @@ class CachingLog(RecordingLog):
     def artifact_image(self, name, image):
         self.images[name] = image
 
-    def cached(self, part, key, train):
+    def cached(self, part, key, train, uses_objective=False):
         k = (part, repr(sorted(key.items())))
         if k not in self.store:
             self.trained.append(part)

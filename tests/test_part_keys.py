@@ -126,6 +126,7 @@ class RecordingLog:
 
     def __init__(self, method, val: SliceSet):
         self.method, self.val, self.parts, self.scores = method, val, {}, []
+        self.uses_objective: dict[str, bool] = {}
 
     def metric(self, name, value, step=None):
         pass
@@ -142,14 +143,15 @@ class RecordingLog:
         self.scores.append(score)
         return score
 
-    def cached(self, part, key, train):
+    def cached(self, part, key, train, uses_objective=False):
         self.scores = []
         state = train()
         self.parts[part] = (key, {"state": state, "validation_scores": list(self.scores)})
+        self.uses_objective[part] = uses_objective
         return state
 
 
-def _fit(cls, config, sets):
+def _fit(cls, config, sets, with_flags=False):
     train, val = sets
     if cls.supervision.value == "none":
         train = train.healthy()
@@ -160,7 +162,7 @@ def _fit(cls, config, sets):
         method.fit(train, val, log)
     except Exception as exc:  # a perturbation that makes the fit fail (e.g. divergence) is a result too
         return {"failed": (type(exc).__name__, str(exc)[:80])}
-    return log.parts
+    return log.parts if not with_flags else (log.parts, log.uses_objective)
 
 
 def _same(a, b) -> bool:
@@ -231,3 +233,24 @@ def test_a_part_key_changes_exactly_when_the_trained_part_does(name, tiny_sets):
             if key_changed and not state_changed:
                 problems.append(f"{field.name}: changes the {part!r} key but not its trained state (needless retraining)")
     assert not problems, f"{name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) & set(TINY)))
+def test_a_part_kept_on_validation_scores_is_cached_per_objective(name, tiny_sets):
+    """A part whose training called evaluate (it keeps its best checkpoint on the validation objective) is
+    declared ``uses_objective``, so a run under another objective does not reuse a checkpoint chosen on this
+    one; a part that never evaluates is not, so runs under any objective share it."""
+    cls = PLUGINS.methods.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    evaluating = 0
+    for context in ({}, {"eval_every": 1, "keep_best_from": 0}):  # where the method can evaluate, both ways
+        config = cls.make_config("smoke", {**cls.profiles["smoke"], **TINY[name], **{k: v for k, v in context.items() if k in fields}})
+        parts, flags = _fit(cls, config, tiny_sets, with_flags=True)
+        assert parts, f"{name}: no part cached"
+        for part, (_, entry) in parts.items():
+            evaluating += bool(entry["validation_scores"])
+            assert flags[part] == bool(entry["validation_scores"]), (
+                f"{name}: {part!r} {'evaluates' if entry['validation_scores'] else 'never evaluates'} while training "
+                f"({context or 'smoke'}) but uses_objective={flags[part]}")
+    # the check saw an evaluating part where there is one (fanogan evaluates while training its encoder, not cached)
+    assert bool(evaluating) == (name in ("wargnier", "saliency"))

@@ -353,3 +353,20 @@ def test_the_validation_objective_is_part_of_a_cell_and_one_label_keeps_one(tmp_
     split = {"c1": "test"}
     assert cell_hash(V, D, split, 0, "resampled") == stable_hash(parts + [split_hash(split), 0, "resampled"], 16)
     assert cell_hash(V, D, split, 0, "resampled", "slice_auroc") != cell_hash(V, D, split, 0, "resampled")
+
+
+@pytest.mark.parametrize("uses_objective, trainings", [(False, 1), (True, 2)])
+def test_a_part_kept_on_validation_is_cached_per_objective(tmp_path, uses_objective, trainings):
+    """log.cached: a part declared uses_objective is trained again under another objective (its checkpoint was
+    chosen on the first one); any other part is shared; the default objective keeps the name it had before."""
+    from lesionbench.config import stable_hash
+
+    method = SpyMethod(SpyMethod.make_config("smoke"), device="cpu", modalities=("flair",), seed=0)
+    trained = []
+    for objective in ("auprc", "slice_auroc", "slice_auroc"):
+        log = HarnessLog(None, method, [], 1, objective, parts_dir=tmp_path, parts_key=["k"])
+        state = log.cached("part", {"a": 1}, lambda: trained.append(objective) or {"w": torch.ones(1)},
+                           uses_objective=uses_objective)
+        assert torch.equal(state["w"], torch.ones(1))
+    assert len(trained) == trainings and trained[0] == "auprc"
+    assert (tmp_path / f"{method.name}-part-{stable_hash([method.name, 'part', {'a': 1}, ['k']], 20)}.pt").exists()

@@ -245,7 +245,8 @@ class Wargnier(Method):
         pool = healthy if len(healthy) else torch.arange(len(train))
         pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.seed))[: c.background_size]]
         self.background = train.images[pick].to(self.device, torch.float32)
-        state = log.cached(CLASSIFIER, part_key(c, CLASSIFIER), lambda: self._train(train, log))
+        state = log.cached(CLASSIFIER, part_key(c, CLASSIFIER), lambda: self._train(train, log),
+                           uses_objective=c.eval_every > 0)
         self.load_state_dict(state)
 
     # -- inference -----------------------------------------------------------------------------------
