@@ -81,6 +81,19 @@ def complete_rows(runs, dataset: str, rows: list[str], seeds: int) -> set[str]:
     return {r for r in rows if all((r, str(s)) in have for s in range(seeds))}
 
 
+def partial_folds(runs, dataset: str) -> set[str]:
+    """The rows on ``dataset`` with a cross-validation seed that lacks a finished fold (``runs``: load_runs's
+    table): the leaderboard leaves such a seed out, so they wait for their last folds before they are published."""
+    here = runs[runs["tags.dataset"] == dataset]
+    if "tags.folds" not in here or here["tags.folds"].isna().all():
+        return set()
+    partial = set()
+    for (label, _), group in here[here["tags.folds"].notna()].groupby(["tags.label", "tags.seed"]):
+        if set(group["tags.fold"].astype(int)) != set(range(int(group["tags.folds"].iloc[0]))):
+            partial.add(label)
+    return partial
+
+
 class Plan:
     def __init__(self, args):
         self.args = args
@@ -340,7 +353,11 @@ class Plan:
             runs = load_runs(self.uris(), "lesionbench")  # every stage has run: read once
         for dataset in datasets:
             if runs is not None:
-                known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"])
+                partial = partial_folds(runs, dataset)
+                if partial & set(rows):
+                    print(f"research_question: {dataset}: not published until every fold has finished: "
+                          f"{', '.join(r for r in rows if r in partial)}", flush=True)
+                known = set(runs.loc[runs["tags.dataset"] == dataset, "tags.label"]) - partial
                 rows_here = [r for r in rows if r in known]
                 voxel_variants = [tuned_label(variant_label(v), VOXEL) for v in VARIANTS]
                 chosen = any(r in known for r in voxel_variants)  # one variant has the voxel study: the others never run
@@ -425,7 +442,7 @@ def main(argv=None) -> int:
     if "controls" in args.stages:
         plan.controls()
     if "publish" in args.stages:
-        plan.publish([*args.datasets, *(["brats"] if "brats" in args.stages or args.brats_root else [])])
+        plan.publish(list(dict.fromkeys([*args.datasets, *(["brats"] if "brats" in args.stages or args.brats_root else [])])))
     return 0
 
 

@@ -272,3 +272,20 @@ def test_the_published_tuned_configs_are_the_plans_rows_and_agree_with_the_contr
     assert all(r.startswith(str(folder)) for r in runs) and len(runs) == 11  # a dry run lists every voxel variant
     missing = _script(*brats, "--tuned", str(tmp_path), cwd=tmp_path)  # no config there: stops, naming the file
     assert missing.returncode != 0 and "saliency-synth-tumor-quick-slice_auroc.toml is missing" in missing.stderr
+
+
+def test_a_row_waits_for_its_last_fold_before_it_is_published():
+    """partial_folds: a cross-validated row with a seed missing a finished fold is held back (the leaderboard
+    would leave that seed out and a contrast on it would fail); single-split datasets hold nothing back."""
+    import pandas as pd
+
+    rq = _rq()
+    runs = pd.DataFrame({
+        "tags.dataset": ["brats"] * 7 + ["synth-ms"],
+        "tags.label": ["a", "a", "a", "b", "b", "c", "c", "d"],
+        "tags.seed": ["0"] * 8,
+        "tags.fold": ["0", "1", "2", "0", "2", "0", "1", None],
+        "tags.folds": ["3"] * 5 + ["2", "2", None],
+    })
+    assert rq.partial_folds(runs, "brats") == {"b"}
+    assert rq.partial_folds(runs, "synth-ms") == set()
