@@ -79,11 +79,9 @@ class FitLog(Protocol):
         warnings), e.g. a regularising term that never moved (``lesionbench.regularisation``)."""
 
     def cached(self, part: str, key: dict, train: Callable[[], dict], uses_objective: bool = False) -> dict:
-        """A trained part (a DDPM, a classifier) as a state dict of tensors and plain values, trained by ``train()``
-        only when no cache entry exists for (part, key, data, split, run seed). ``key``: the hyperparameters that
-        shape the part (``lesionbench.parts`` derives it), so variants sharing the part do not retrain it.
-        ``uses_objective``: ``train()`` keeps its best checkpoint on ``evaluate``, so the part depends on the run's
-        validation objective too (a run under another objective trains its own)."""
+        """A trained part (a DDPM, a classifier: a state dict), trained by ``train()`` only when no cache entry exists
+        for (part, key, data, split, run seed; the objective too with ``uses_objective``: ``train()`` keeps its best on
+        ``evaluate``). ``key``: the hyperparameters that shape the part (``lesionbench.parts`` derives it)."""
 
 
 class NullLog:
