@@ -26,6 +26,10 @@ the same command after an interruption goes on where it stopped. ``--dry-run`` p
   every tuned row with its synth-tumor configuration (no study on brats: ten cases leave no data apart from
   the folds' test sets for one), and the context rows. The configurations are this workdir's studies, or
   with ``--tuned DIR`` the files ``DIR/STUDY.toml``: ``docs/rq-tuned`` holds the ones #22 published.
+- ``--tuned DIR`` on the ``studies`` stage: no study is run; each tuned row runs its final seeds from
+  ``DIR/STUDY.toml`` (its study's name on that dataset), as ``tune --seeds-final`` would from the study's best
+  configuration. The tables then cost the test runs only, and reproduce the published rows from the
+  committed configurations.
 - ``controls``: the post hoc controls of ``--controls DIR`` (default ``docs/rq-controls``), outside the planned
   family: every ``*.toml`` there but ``family.toml`` is one row (a method at another study's settings, or with
   the constraint off), run on the dataset that ``family.toml`` names, seeds 0..``--seeds``-1; ``family.toml``
@@ -149,6 +153,9 @@ class Plan:
         return optuna.load_study(study_name=name, storage=self.storage).best_value
 
     def studies(self, dataset: str) -> None:
+        if self.args.tuned is not None:
+            self.tuned_finals(dataset)
+            return
         twins = self.args.twins
         if "constraint" in twins:
             self.tune("saliency", dataset)
@@ -207,14 +214,38 @@ class Plan:
                 self.call(["run", "--methods", *methods, "--datasets", dataset, "--seeds", *map(str, range(a.seeds)),
                            "--storage", f"sqlite:///{self.workdir / 'queue.db'}", *self.common()])
 
-    def synth_tumor_config(self, label: str, objective: str) -> Path:
-        """The configuration a brats row runs: its synth-tumor study's best.toml in this workdir, or with
+    def tuned_config(self, label: str, dataset: str, objective: str) -> Path:
+        """The configuration of a tuned row: its study's best.toml on ``dataset`` in this workdir, or with
         ``--tuned DIR`` the file ``DIR/STUDY.toml`` (``docs/rq-tuned`` holds the ones #22 published)."""
         if self.args.tuned is None:
-            return self.best(label, "synth-tumor", objective)
+            return self.best(label, dataset, objective)
         from lesionbench.tuning import default_study_name
 
-        return self.args.tuned / f"{default_study_name(label, 'synth-tumor', self.args.profile, objective)}.toml"
+        return self.args.tuned / f"{default_study_name(label, dataset, self.args.profile, objective)}.toml"
+
+    def tuned_rows_to_run(self, dataset: str) -> list[tuple[Path, str]]:
+        """(configuration, objective) of every tuned row on ``dataset``'s studies; of the voxel-objective
+        variants only the one that has a configuration (the variant its study chose). A missing one stops the
+        script, naming the file."""
+        a, todo = self.args, []
+        for label, objective in self.tuned_rows():
+            best = self.tuned_config(label, dataset, objective)
+            if not best.exists() and (a.tuned is not None or not a.dry_run):  # a dry run before the studies: to come
+                if objective == VOXEL and label != "wolleb":
+                    continue  # not the variant chosen for the voxel objective
+                where = "pass --tuned docs/rq-tuned or" if a.tuned is None else "check --tuned, or"
+                raise SystemExit(f"research_question: {best} is missing: {where} run the studies stage on {dataset} first")
+            todo.append((best, objective))
+        return todo
+
+    def tuned_finals(self, dataset: str) -> None:
+        """With ``--tuned DIR``: no study; each tuned row's final runs from ``DIR/STUDY.toml``, the runs
+        ``tune --seeds-final`` makes from the study's best configuration (seeds 0..K-1, evaluated on test, the
+        checkpoints kept on the objective the row was tuned on)."""
+        seeds = [str(s) for s in range(self.args.seeds)]
+        for best, objective in self.tuned_rows_to_run(dataset):
+            self.call(["run", "--config", str(best), "--objective", objective.removeprefix("val/"),
+                       "--datasets", dataset, "--seeds", *seeds, *self.common()])
 
     def brats(self) -> None:
         a = self.args
@@ -222,13 +253,7 @@ class Plan:
             raise SystemExit("research_question: the brats stage needs --brats-root (the BraTS 2018 folder)")
         data = ["--datasets", "brats", "--root", f"brats={a.brats_root}", "--folds", str(a.folds), "--seeds", "0",
                 "--set", f"data.size={a.brats_size}", *self.common()]
-        for label, objective in self.tuned_rows():
-            best = self.synth_tumor_config(label, objective)
-            if not a.dry_run and not best.exists():
-                if objective == VOXEL and label != "wolleb":
-                    continue  # not the variant chosen for the voxel objective
-                where = "pass --tuned docs/rq-tuned or" if a.tuned is None else "check --tuned, or"
-                raise SystemExit(f"research_question: {best} is missing: {where} run the studies stage on synth-tumor first")
+        for best, objective in self.tuned_rows_to_run("synth-tumor"):
             # the objective the row was tuned on, as tune's final runs had it: it picks the checkpoints of the
             # methods that keep their best (the classifier twins), so a slice row never reads validation voxels
             self.call(["run", "--config", str(best), "--objective", objective.removeprefix("val/"), *data])
@@ -419,8 +444,9 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--brats-size", type=int, default=64)
     p.add_argument("--tuned", type=Path, metavar="DIR",
-                   help="brats: the synth-tumor configurations from DIR/STUDY.toml (e.g. docs/rq-tuned) instead of "
-                        "this workdir's studies")
+                   help="the tuned configurations from DIR/STUDY.toml (e.g. docs/rq-tuned) instead of this workdir's "
+                        "studies: brats runs the synth-tumor ones; the studies stage runs no study, only each row's "
+                        "final runs from its file")
     p.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="WORKDIR",
                    help="publish: also the runs of these workdirs (the same splits)")
     p.add_argument("--controls", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "rq-controls",

@@ -244,7 +244,7 @@ def test_the_published_tuned_configs_are_the_plans_rows_and_agree_with_the_contr
                                          twins=["constraint", "diffusion", "guidance"]))
     shipped = {}
     for label, objective in plan.tuned_rows():
-        path = plan.synth_tumor_config(label, objective)
+        path = plan.tuned_config(label, "synth-tumor", objective)
         if objective == rq.VOXEL and label != "wolleb" and not path.exists():
             continue  # a variant not chosen for the voxel objective
         table = load_config_file(path)
@@ -253,7 +253,7 @@ def test_the_published_tuned_configs_are_the_plans_rows_and_agree_with_the_contr
         assert variant.label == rq.tuned_label(label, objective) == table[method]["label"]
         shipped[variant.label] = variant.config
     assert len(shipped) == 9 and sorted(p.stem for p in folder.glob("*.toml")) == sorted(
-        plan.synth_tumor_config(l, o).stem for l, o in plan.tuned_rows() if rq.tuned_label(l, o) in shipped)
+        plan.tuned_config(l, "synth-tumor", o).stem for l, o in plan.tuned_rows() if rq.tuned_label(l, o) in shipped)
     controls = {p.stem: load_config_file(p) for p in (SCRIPT.parents[1] / "docs" / "rq-controls").glob("*-*.toml")}
     settings = ("noise_level", "guidance_scale", "stride")
     pairs = [("wolleb-tuned", "guidance-at-wolleb-settings"),
@@ -269,7 +269,7 @@ def test_the_published_tuned_configs_are_the_plans_rows_and_agree_with_the_contr
     done = _script(*brats, "--tuned", str(folder), "--dry-run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     runs = [l.split()[4] for l in done.stdout.splitlines() if l.startswith("$ lesionbench run --config")]
-    assert all(r.startswith(str(folder)) for r in runs) and len(runs) == 11  # a dry run lists every voxel variant
+    assert all(r.startswith(str(folder)) for r in runs) and len(runs) == 9  # of the voxel variants, the chosen one
     missing = _script(*brats, "--tuned", str(tmp_path), cwd=tmp_path)  # no config there: stops, naming the file
     assert missing.returncode != 0 and "saliency-synth-tumor-quick-slice_auroc.toml is missing" in missing.stderr
 
@@ -289,3 +289,51 @@ def test_a_row_waits_for_its_last_fold_before_it_is_published():
     })
     assert rq.partial_folds(runs, "brats") == {"b"}
     assert rq.partial_folds(runs, "synth-ms") == set()
+
+
+def test_tuned_configs_replace_the_studies_with_their_final_runs(tmp_path):
+    """--tuned DIR on the studies stage (#22: the published tables from the committed configurations): no
+    study, each tuned row's final seeds from DIR/STUDY.toml with the objective it was tuned on; a dataset
+    without configurations there stops the script, naming the file. At smoke size the rows run, publish, and the
+    same command again runs no cell twice."""
+    folder = SCRIPT.parents[1] / "docs" / "rq-tuned"
+    done = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--datasets", "synth-tumor", "--stages", "studies",
+                   "--tuned", str(folder), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [l.removeprefix("$ ") for l in done.stdout.splitlines()]
+    assert not [l for l in lines if l.startswith("lesionbench tune")]
+    runs = [l.split() for l in lines if l.startswith("lesionbench run --config")]
+    assert len(runs) == 9 and len(lines) == 9
+    for argv in runs:
+        config, objective = Path(argv[3]), argv[argv.index("--objective") + 1]
+        assert config.parent == folder and config.stem.endswith(f"-synth-tumor-quick-{objective}")
+        assert argv[argv.index("--datasets") + 1:argv.index("--datasets") + 6] == ["synth-tumor", "--seeds", "0", "1", "2"]
+    assert sum(a[a.index("--objective") + 1] == "auprc" for a in runs) == 2
+    missing = _script("--workdir", str(tmp_path / "w"), "--dry-run", "--datasets", "synth-ms", "--tuned", str(folder),
+                      cwd=tmp_path)
+    assert missing.returncode != 0 and "saliency-synth-ms-quick-slice_auroc.toml is missing" in missing.stderr
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "saliency-synth-ms-smoke-slice_auroc.toml").write_text(
+        'method = "saliency"\nprofile = "smoke"\n[saliency]\nlabel = "saliency-tuned"\nlr = 0.002\n')
+    (tuned / "wargnier-synth-ms-smoke-slice_auroc.toml").write_text(
+        'method = "wargnier"\nprofile = "smoke"\n[wargnier]\nlabel = "wargnier-tuned"\nconstraint_weight = 0.05\n')
+    workdir = tmp_path / "w"
+    args = ["--workdir", str(workdir), "--twins", "constraint", "--datasets", "synth-ms", "--profile", "smoke",
+            "--seeds", "1", "--context-methods", "intensity", "--device", "cpu", "--tuned", str(tuned)]
+    done = _script(*args, "--stages", "studies", "publish", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (workdir / "optuna.db").exists()  # no study
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lesionbench").experiment_id
+    cells = lambda: sorted((r.data.tags["label"], r.data.tags["seed"], r.info.status)  # noqa: E731
+                           for r in client.search_runs([experiment], "tags.run_kind = 'run'"))
+    assert cells() == [("saliency-tuned", "0", "FINISHED"), ("wargnier-tuned", "0", "FINISHED")]
+    contrasts = (workdir / "published" / "contrasts-synth-ms.md").read_text()
+    assert "| synth-ms | wargnier-tuned - saliency-tuned |" in contrasts
+    again = _script(*args, "--stages", "studies", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert cells() == [("saliency-tuned", "0", "FINISHED"), ("wargnier-tuned", "0", "FINISHED")]  # none ran again
