@@ -233,8 +233,9 @@ class Plan:
             if not best.exists() and (a.tuned is not None or not a.dry_run):  # a dry run before the studies: to come
                 if objective == VOXEL and label != "wolleb":
                     continue  # not the variant chosen for the voxel objective
-                where = "pass --tuned docs/rq-tuned or" if a.tuned is None else "check --tuned, or"
-                raise SystemExit(f"research_question: {best} is missing: {where} run the studies stage on {dataset} first")
+                fix = ("pass --tuned docs/rq-tuned or run the studies stage" if a.tuned is None
+                       else "check --tuned, or run the studies stage without --tuned")
+                raise SystemExit(f"research_question: {best} is missing: {fix} on {dataset} first")
             todo.append((best, objective))
         return todo
 
