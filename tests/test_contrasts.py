@@ -46,3 +46,28 @@ def test_unknown_rows_and_too_few_volumes():
         planned_contrasts(_frame(0.1, 0.0), [("b", "nope")])
     few = planned_contrasts(_frame(0.1, 0.0, n=4), [("b", "a")], n_resamples=50)[0]
     assert np.isnan(few.p) and np.isnan(few.p_holm) and few.n_volumes == 4
+
+
+def test_each_seed_gets_its_own_effect_and_opposite_signs_are_flagged():
+    frame = _frame(0.1, 0.0, seeds=(0, 1, 2))
+    b, c = planned_contrasts(frame, [("b", "a"), ("c", "a")], n_resamples=50)
+    assert [s for s, _ in b.per_seed] == ["0", "1", "2"]
+    assert all(e == pytest.approx(0.1, abs=0.02) for _, e in b.per_seed) and not b.seeds_disagree
+    # b beats a by 0.3 on seed 0 only and loses by 0.05 on seeds 1 and 2: the mean over seeds still favours b
+    # (+0.067), the volumes' test marks it, and the per-seed effects show what carries it
+    mask = (frame["label"] == "b") & (frame["seed"] == "0")
+    frame.loc[mask, "value"] += 0.3 - 0.1
+    frame.loc[(frame["label"] == "b") & (frame["seed"] != "0"), "value"] -= 0.15
+    b = planned_contrasts(frame, [("b", "a")], n_resamples=50)[0]
+    seed_mean = frame[frame["label"].isin(["a", "b"])].groupby(["label", "volume"])["value"].mean()
+    assert b.effect == pytest.approx(hodges_lehmann(seed_mean["b"] - seed_mean["a"]))
+    assert b.effect == pytest.approx(0.3 / 3 - 2 * 0.05 / 3, abs=0.01) and b.p < 0.01
+    assert [round(e, 2) for _, e in b.per_seed] == [0.3, -0.05, -0.05] and b.seeds_disagree
+    line = render_contrasts([b]).splitlines()[2]
+    assert line.endswith("| " + " / ".join(f"{e:+.3f}" for _, e in b.per_seed) + " ± |"), line
+
+
+def test_one_seed_has_no_per_seed_column():
+    b = planned_contrasts(_frame(0.1, 0.0, seeds=(0,)), [("b", "a")], n_resamples=50)[0]
+    assert b.per_seed == () and not b.seeds_disagree
+    assert render_contrasts([b]).splitlines()[2].endswith("| - |")
