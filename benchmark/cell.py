@@ -168,7 +168,11 @@ def run_cell(cell: Cell, harness: Harness, *, run_kind: str = "run", evaluate_te
         method.fit(train, val, log)
         fit_s = time.perf_counter() - t0
         if evaluate_test:  # a trial's tag was set from its objective, which is itself scored with validation masks
-            run.tag("uses_val_voxel_labels", str(log.used_val_voxel_labels).lower())
+            # its own model selection read validation voxel masks, or the study that chose its configuration did
+            used = log.used_val_voxel_labels or variant.tuned_with_voxel_labels
+            run.tag("uses_val_voxel_labels", str(used).lower())
+            if variant.tuned_on is not None:
+                run.tag("tuned_on", variant.tuned_on)
 
         seed_everything(seed)  # stochastic inference (sampling) is seeded too
         val_scored, _ = predict_cases(method, val_cases, dataset.data.predict_batch)

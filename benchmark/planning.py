@@ -61,6 +61,16 @@ class Variant:
     label: str
     overrides: dict[str, Any]
     config: Any
+    #: the validation objective of the study that chose this configuration (``tuned_on`` of its config file,
+    #: which ``lesionbench tune`` writes in best.toml), or None: a voxel objective means the row's configuration
+    #: used validation voxel labels even where its own run reads none (tag ``uses_val_voxel_labels``)
+    tuned_on: str | None = None
+
+    @property
+    def tuned_with_voxel_labels(self) -> bool:
+        from lesionbench.fitlog import SLICE_LEVEL_OBJECTIVES
+
+        return self.tuned_on is not None and self.tuned_on.removeprefix("val/") not in SLICE_LEVEL_OBJECTIVES
 
 
 def method_variants(method_cls: type[Method], profile: str, file_table: dict, set_options, source: str = "") -> list[Variant]:
@@ -86,6 +96,17 @@ def method_variants(method_cls: type[Method], profile: str, file_table: dict, se
             name = variant_label(name, shown)
         variants.append(Variant(method_cls, name, overrides, config))
     return variants
+
+
+def tuned_objective(value, source: str = "") -> str | None:
+    """A config file's ``tuned_on`` (``val/<key>``, a key of VAL_OBJECTIVES), checked; None when absent."""
+    from lesionbench.fitlog import VAL_OBJECTIVES
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.removeprefix("val/") not in VAL_OBJECTIVES:
+        raise ConfigError(f"{source}tuned_on: expected one of {', '.join('val/' + k for k in VAL_OBJECTIVES)}, got {value!r}")
+    return "val/" + value.removeprefix("val/")
 
 
 def variant_label(name: str, values: dict) -> str:
@@ -148,11 +169,16 @@ def plan(request: RunRequest, plugins: Plugins):
         if isinstance(value, dict) and key not in known_ns:
             raise ConfigError(f"config file {request.config_file}: table [{key}] is neither [data] nor a method of this run")
     source = f"config file {request.config_file}: " if request.config_file else ""
+    tuned_on = tuned_objective(file_cfg.get("tuned_on"), source)
     data = resolve_data_config(profile, file_cfg.get("data", {}), [o for o in set_options if o.namespace == "data"], source)
     variants = []
     for cls in method_classes:
-        variants += method_variants(cls, profile, file_cfg.get(cls.name, {}), [o for o in set_options if o.namespace == cls.name],
-                                    source)
+        here = method_variants(cls, profile, file_cfg.get(cls.name, {}), [o for o in set_options if o.namespace == cls.name],
+                               source)
+        if tuned_on is not None and cls.name in file_cfg:  # the file's study tuned this method's table
+            for v in here:
+                v.tuned_on = tuned_on
+        variants += here
     labels = [v.label for v in variants]
     dupes = sorted({l for l in labels if labels.count(l) > 1})
     if dupes:

@@ -485,7 +485,10 @@ class Tuner:
             label = variant_label(self.cls.name, chosen)
         table = {"label": self.request.label or f"{label}-tuned",
                  **{k: _plain(v) for k, v in self.variant.overrides.items()}, **summary.best_config}
-        body: dict[str, Any] = {"method": self.cls.name, "profile": self.profile, self.cls.name: table}
+        # tuned_on: the objective that chose it; a run from this file is marked as using validation voxel labels
+        # when that objective needs them (planning.Variant.tuned_on)
+        body: dict[str, Any] = {"method": self.cls.name, "profile": self.profile, "tuned_on": f"val/{self.objective}",
+                                self.cls.name: table}
         if data:
             body["data"] = data
         header = [

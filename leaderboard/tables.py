@@ -747,7 +747,8 @@ def footnotes(lb: Leaderboard, intervals: bool = True) -> list[str]:
                      "is smaller than sqrt(sd_row² + sd_best²) of the seed values, so the two rows' order may be seed noise.")
     if lb.val_voxel_rows:
         notes.append(f"{VAL_VOXEL_LABELS}: model selection used validation voxel labels (log.evaluate with a voxel "
-                     f"objective): {', '.join(lb.val_voxel_rows)}.")
+                     "objective, or a study on a voxel objective chose the configuration, `tuned_on`): "
+                     f"{', '.join(lb.val_voxel_rows)}.")
     else:
         notes.append("No row used validation voxel labels for model selection (dice_val's threshold always does).")
     if lb.untuned_rows:

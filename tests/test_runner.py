@@ -370,3 +370,27 @@ def test_a_part_kept_on_validation_is_cached_per_objective(tmp_path, uses_object
         assert torch.equal(state["w"], torch.ones(1))
     assert len(trained) == trainings and trained[0] == "auprc"
     assert (tmp_path / f"{method.name}-part-{stable_hash([method.name, 'part', {'a': 1}, ['k']], 20)}.pt").exists()
+
+
+def test_a_configuration_tuned_on_a_voxel_objective_is_marked_as_using_validation_voxel_labels(tmp_path, capsys):
+    """intensity reads no validation mask itself, but a config file whose study chose it on val/auprc
+    (``tuned_on``, what ``tune`` writes in best.toml) did: its runs carry the tag, and the leaderboard's ‡."""
+    from lesionbench.leaderboard.tables import build_leaderboard, load_runs, render_markdown
+
+    common = ["--datasets", "synth-ms", "--profile", "smoke", "--seeds", "0", "--workdir", str(tmp_path), "--device", "cpu"]
+    for label, objective in (("by-voxels", "val/auprc"), ("by-slices", "slice_auroc")):
+        config = tmp_path / f"{label}.toml"
+        modality = "flair" if label == "by-voxels" else "t2"  # another cell: the label alone does not make one
+        config.write_text(f'method = "intensity"\ntuned_on = "{objective}"\n[intensity]\nlabel = "{label}"\n'
+                          f'modality = "{modality}"\n')
+        assert main(["run", "--config", str(config), *common]) == 0
+    client, runs = _runs(tmp_path)
+    tags = {r.data.tags["label"]: r.data.tags for r in runs}
+    assert tags["by-voxels"]["uses_val_voxel_labels"] == "true" and tags["by-voxels"]["tuned_on"] == "val/auprc"
+    assert tags["by-slices"]["uses_val_voxel_labels"] == "false" and tags["by-slices"]["tuned_on"] == "val/slice_auroc"
+    table = render_markdown(build_leaderboard(load_runs(f"sqlite:///{tmp_path / 'mlflow.db'}"), n_resamples=0))
+    assert "| by-voxels‡" in table and "| by-slices |" in table
+    bad = tmp_path / "bad.toml"
+    bad.write_text('method = "intensity"\ntuned_on = "test/auprc"\n')
+    assert main(["run", "--config", str(bad), *common]) == 2
+    assert re.search(r"bad\.toml: tuned_on: expected one of val/auprc, .*got 'test/auprc'", " ".join(capsys.readouterr().err.split()))

@@ -124,13 +124,14 @@ def test_best_toml_runs_as_it_is(workdir, vae_study, capsys):
     best_file = workdir / "tune" / "vae-two" / "best.toml"
     best = tomllib.loads(best_file.read_text())
     study = _study(workdir, "vae-two")
-    assert best["method"] == "vae" and best["profile"] == "smoke"
+    assert best["method"] == "vae" and best["profile"] == "smoke" and best["tuned_on"] == "val/auprc"
     assert best["vae"]["lr"] == pytest.approx(study.best_params["lr"]) and best["vae"]["max_steps"] == 4
     assert best["vae"]["label"] == "vae-tuned"
     assert main(["run", "--config", str(best_file), "--datasets", "synth-ms", "--workdir", str(workdir), "--device", "cpu"]) == 0
     client, exp = _client(workdir)
     [run] = client.search_runs([exp], "tags.label = 'vae-tuned' and tags.run_kind = 'run'")
     assert run.data.params["vae.latent_size"] == str(study.best_params["latent_size"])
+    assert run.data.tags["tuned_on"] == "val/auprc" and run.data.tags["uses_val_voxel_labels"] == "true"
     # the same config, seed, data and split as the best trial: the same validation score
     assert run.data.metrics["val/auprc"] == pytest.approx(study.best_value, abs=1e-3)
     assert "vae-tuned" in capsys.readouterr().out
