@@ -68,9 +68,9 @@ class Variant:
 
     @property
     def tuned_with_voxel_labels(self) -> bool:
-        from lesionbench.fitlog import SLICE_LEVEL_OBJECTIVES
+        from lesionbench.fitlog import uses_val_voxel_labels
 
-        return self.tuned_on is not None and self.tuned_on.removeprefix("val/") not in SLICE_LEVEL_OBJECTIVES
+        return self.tuned_on is not None and uses_val_voxel_labels(self.tuned_on.removeprefix("val/"))
 
 
 def method_variants(method_cls: type[Method], profile: str, file_table: dict, set_options, source: str = "") -> list[Variant]:
@@ -100,13 +100,11 @@ def method_variants(method_cls: type[Method], profile: str, file_table: dict, se
 
 def tuned_objective(value, source: str = "") -> str | None:
     """A config file's ``tuned_on`` (``val/<key>``, a key of VAL_OBJECTIVES), checked; None when absent."""
-    from lesionbench.fitlog import VAL_OBJECTIVES
+    from lesionbench.fitlog import parse_objective
 
     if value is None:
         return None
-    if not isinstance(value, str) or value.removeprefix("val/") not in VAL_OBJECTIVES:
-        raise ConfigError(f"{source}tuned_on: expected one of {', '.join('val/' + k for k in VAL_OBJECTIVES)}, got {value!r}")
-    return "val/" + value.removeprefix("val/")
+    return "val/" + parse_objective(str(value), f"{source}tuned_on")
 
 
 def variant_label(name: str, values: dict) -> str:

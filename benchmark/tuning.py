@@ -29,7 +29,7 @@ from typing import Any, Callable
 from lesionbench.cell import Cell, Harness, cell_hash, cell_params, cell_tags, run_cell
 from lesionbench.config import ConfigError, config_dict, stable_hash
 from lesionbench.filenames import safe_name
-from lesionbench.fitlog import SLICE_LEVEL_OBJECTIVES, VAL_OBJECTIVES
+from lesionbench.fitlog import parse_objective, uses_val_voxel_labels
 from lesionbench.method import Method
 from lesionbench.planning import RunRequest, Variant, check_workdir, explicit_data_keys, plan, resolve_device, variant_label
 from lesionbench.plugins import Plugins
@@ -50,22 +50,6 @@ from lesionbench.volume import DataError
 
 PRUNERS = ("median", "none")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def parse_objective(text: str) -> str:
-    """``val/auprc`` (or ``auprc``) -> ``auprc``; anything else is a ConfigError naming the value."""
-    key = text[len("val/"):] if text.startswith("val/") else text
-    if key.startswith("test/") or text.startswith("test/"):
-        raise ConfigError(f"--objective {text!r}: the objective is a validation metric; the test split is never "
-                          f"used for tuning (choose one of {', '.join('val/' + k for k in VAL_OBJECTIVES)})")
-    if key not in VAL_OBJECTIVES:
-        raise ConfigError(f"--objective {text!r}: not a validation metric; choose one of "
-                          f"{', '.join('val/' + k for k in VAL_OBJECTIVES)} (val/slice_auroc: fully weakly supervised)")
-    return key
-
-
-def uses_val_voxel_labels(objective: str) -> bool:
-    return objective not in SLICE_LEVEL_OBJECTIVES
 
 
 def default_study_name(label: str, dataset: str, profile: str, objective: str) -> str:

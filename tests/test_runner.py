@@ -393,4 +393,4 @@ def test_a_configuration_tuned_on_a_voxel_objective_is_marked_as_using_validatio
     bad = tmp_path / "bad.toml"
     bad.write_text('method = "intensity"\ntuned_on = "test/auprc"\n')
     assert main(["run", "--config", str(bad), *common]) == 2
-    assert re.search(r"bad\.toml: tuned_on: expected one of val/auprc, .*got 'test/auprc'", " ".join(capsys.readouterr().err.split()))
+    assert re.search(r"bad\.toml: tuned_on 'test/auprc': the objective is a validation metric", " ".join(capsys.readouterr().err.split()))
