@@ -230,6 +230,7 @@ def print_leaderboard(uri: str | list[str], experiment: str, fmt: str, metrics, 
 
 
 def cmd_run(args) -> int:
+    from lesionbench.fitlog import parse_objective
     from lesionbench.planning import RunRequest
 
     plugins = _plugins(args)
@@ -238,8 +239,8 @@ def cmd_run(args) -> int:
         config_file=args.config, set_options=args.set_options, device=args.device, force=args.force,
         split_seed=args.split_seed, split_files=_pairs(args.split, "--split", default_key="*"),
         roots=_pairs(args.root, "--root"), tracking_uri=args.tracking_uri, experiment=args.experiment,
-        objective=args.objective, eval_native=args.eval_native, save_maps=args.save_maps, skip_bad=args.skip_bad,
-        storage=args.storage, study=args.study, heartbeat=args.heartbeat, folds=args.folds,
+        objective=parse_objective(args.objective), eval_native=args.eval_native, save_maps=args.save_maps,
+        skip_bad=args.skip_bad, storage=args.storage, study=args.study, heartbeat=args.heartbeat, folds=args.folds,
     )
     return run_and_report(request, plugins, args.metrics)
 

@@ -150,6 +150,8 @@ def check_workdir(workdir: Path) -> Path:
 
 def plan(request: RunRequest, plugins: Plugins):
     """Resolve and validate everything before any work starts: a bad name or value fails fast."""
+    from lesionbench.fitlog import parse_objective
+
     file_cfg = load_config_file(request.config_file)
     methods = request.methods
     if not methods:
@@ -168,6 +170,8 @@ def plan(request: RunRequest, plugins: Plugins):
             raise ConfigError(f"config file {request.config_file}: table [{key}] is neither [data] nor a method of this run")
     source = f"config file {request.config_file}: " if request.config_file else ""
     tuned_on = tuned_objective(file_cfg.get("tuned_on"), source)
+    if parse_objective(request.objective) != request.objective:  # a key of VAL_OBJECTIVES, as cmd_run gives it
+        raise ConfigError(f"objective {request.objective!r}: give the key without 'val/', e.g. 'auprc'")
     data = resolve_data_config(profile, file_cfg.get("data", {}), [o for o in set_options if o.namespace == "data"], source)
     variants = []
     for cls in method_classes:

@@ -394,3 +394,17 @@ def test_a_configuration_tuned_on_a_voxel_objective_is_marked_as_using_validatio
     bad.write_text('method = "intensity"\ntuned_on = "test/auprc"\n')
     assert main(["run", "--config", str(bad), *common]) == 2
     assert re.search(r"bad\.toml: tuned_on 'test/auprc': the objective is a validation metric", " ".join(capsys.readouterr().err.split()))
+
+
+def test_run_objective_is_a_validation_metric_or_a_clear_error(tmp_path, capsys):
+    """``run --objective`` picks what log.evaluate returns: an unknown key used to give NaN silently."""
+    common = ["run", "--methods", "intensity", "--datasets", "synth-ms", "--profile", "smoke", "--workdir", str(tmp_path),
+              "--device", "cpu"]
+    assert main([*common, "--objective", "aurpc"]) == 2
+    assert "--objective 'aurpc': not a validation metric; choose one of val/auprc" in " ".join(capsys.readouterr().err.split())
+    assert main([*common, "--objective", "test/auprc"]) == 2
+    assert "the test split is never used for tuning" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything ran
+    assert main([*common, "--objective", "val/slice_auroc"]) == 0  # the val/ prefix is accepted, as tune takes it
+    [run] = _runs(tmp_path)[1]
+    assert run.data.params["objective"] == "val/slice_auroc" and "fit/val_val/slice_auroc" not in run.data.metrics
