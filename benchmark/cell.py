@@ -23,10 +23,10 @@ import torch
 import lesionbench
 from lesionbench import metrics as M
 from lesionbench.config import config_dict, flatten, stable_hash
-from lesionbench.fitlog import VAL_OBJECTIVES, HarnessLog
+from lesionbench.fitlog import HarnessLog
 from lesionbench.method import Method
 from lesionbench.pipeline import PreparedDataset
-from lesionbench.planning import DEFAULT_OBJECTIVE, RunRequest, Variant
+from lesionbench.planning import DEFAULT_OBJECTIVE, VAL_OBJECTIVES, RunRequest, Variant
 from lesionbench.prediction import native_scored, predict_cases, save_maps
 from lesionbench.preparation import Fold
 from lesionbench.seeding import seed_everything

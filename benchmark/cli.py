@@ -230,8 +230,7 @@ def print_leaderboard(uri: str | list[str], experiment: str, fmt: str, metrics, 
 
 
 def cmd_run(args) -> int:
-    from lesionbench.fitlog import parse_objective
-    from lesionbench.planning import RunRequest
+    from lesionbench.planning import RunRequest, parse_objective
 
     plugins = _plugins(args)
     request = RunRequest(

@@ -14,34 +14,13 @@ import numpy as np
 import torch
 
 from lesionbench import metrics as M
-from lesionbench.config import ConfigError, stable_hash
+from lesionbench.config import stable_hash
 from lesionbench.method import Method
-from lesionbench.planning import DEFAULT_OBJECTIVE
+from lesionbench.planning import DEFAULT_OBJECTIVE, SLICE_LEVEL_OBJECTIVES
 from lesionbench.prediction import predict_cases
 from lesionbench.preprocessing import PreparedCase
 from lesionbench.seeding import restore_rng, rng_state
 
-#: Objectives of log.evaluate that need no validation voxel masks (tag uses_val_voxel_labels).
-SLICE_LEVEL_OBJECTIVES = ("slice_auroc", "slice_ap")
-#: Validation metrics a study may maximise (keys of metrics.evaluate_split); a trial logs these.
-VAL_OBJECTIVES = ("auprc", "auroc", "dice_best", "slice_auroc", "slice_ap")
-
-
-def parse_objective(text: str, what: str = "--objective") -> str:
-    """``val/auprc`` (or ``auprc``) -> ``auprc``; anything else is a ConfigError naming ``what`` and the value."""
-    key = text[len("val/"):] if text.startswith("val/") else text
-    if key.startswith("test/") or text.startswith("test/"):
-        raise ConfigError(f"{what} {text!r}: the objective is a validation metric; the test split is never "
-                          f"used for tuning (choose one of {', '.join('val/' + k for k in VAL_OBJECTIVES)})")
-    if key not in VAL_OBJECTIVES:
-        raise ConfigError(f"{what} {text!r}: not a validation metric; choose one of "
-                          f"{', '.join('val/' + k for k in VAL_OBJECTIVES)} (val/slice_auroc: fully weakly supervised)")
-    return key
-
-
-def uses_val_voxel_labels(objective: str) -> bool:
-    """Scoring validation on ``objective`` (a key of VAL_OBJECTIVES) reads validation voxel masks."""
-    return objective not in SLICE_LEVEL_OBJECTIVES
 
 
 class HarnessLog:

@@ -26,6 +26,28 @@ from lesionbench.plugins import Plugins
 #: the validation key log.evaluate returns when a run names none (``run --objective``)
 DEFAULT_OBJECTIVE = "auprc"
 
+#: Objectives of log.evaluate that need no validation voxel masks (tag uses_val_voxel_labels).
+SLICE_LEVEL_OBJECTIVES = ("slice_auroc", "slice_ap")
+#: Validation metrics a study may maximise (keys of metrics.evaluate_split); a trial logs these.
+VAL_OBJECTIVES = ("auprc", "auroc", "dice_best", "slice_auroc", "slice_ap")
+
+
+def parse_objective(text: str, what: str = "--objective") -> str:
+    """``val/auprc`` (or ``auprc``) -> ``auprc``; anything else is a ConfigError naming ``what`` and the value."""
+    key = text[len("val/"):] if text.startswith("val/") else text
+    if key.startswith("test/") or text.startswith("test/"):
+        raise ConfigError(f"{what} {text!r}: the objective is a validation metric; the test split is never "
+                          f"used for tuning (choose one of {', '.join('val/' + k for k in VAL_OBJECTIVES)})")
+    if key not in VAL_OBJECTIVES:
+        raise ConfigError(f"{what} {text!r}: not a validation metric; choose one of "
+                          f"{', '.join('val/' + k for k in VAL_OBJECTIVES)} (val/slice_auroc: fully weakly supervised)")
+    return key
+
+
+def uses_val_voxel_labels(objective: str) -> bool:
+    """Scoring validation on ``objective`` (a key of VAL_OBJECTIVES) reads validation voxel masks."""
+    return objective not in SLICE_LEVEL_OBJECTIVES
+
 
 @dataclass
 class RunRequest:
@@ -68,8 +90,6 @@ class Variant:
 
     @property
     def tuned_with_voxel_labels(self) -> bool:
-        from lesionbench.fitlog import uses_val_voxel_labels
-
         return self.tuned_on is not None and uses_val_voxel_labels(self.tuned_on.removeprefix("val/"))
 
 
@@ -100,8 +120,6 @@ def method_variants(method_cls: type[Method], profile: str, file_table: dict, se
 
 def tuned_objective(value, source: str = "") -> str | None:
     """A config file's ``tuned_on`` (``val/<key>``, a key of VAL_OBJECTIVES), checked; None when absent."""
-    from lesionbench.fitlog import parse_objective
-
     if value is None:
         return None
     return "val/" + parse_objective(str(value), f"{source}tuned_on")
@@ -150,8 +168,6 @@ def check_workdir(workdir: Path) -> Path:
 
 def plan(request: RunRequest, plugins: Plugins):
     """Resolve and validate everything before any work starts: a bad name or value fails fast."""
-    from lesionbench.fitlog import parse_objective
-
     file_cfg = load_config_file(request.config_file)
     methods = request.methods
     if not methods:

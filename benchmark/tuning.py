@@ -29,7 +29,7 @@ from typing import Any, Callable
 from lesionbench.cell import Cell, Harness, cell_hash, cell_params, cell_tags, run_cell
 from lesionbench.config import ConfigError, config_dict, stable_hash
 from lesionbench.filenames import safe_name
-from lesionbench.fitlog import parse_objective, uses_val_voxel_labels
+from lesionbench.planning import parse_objective, uses_val_voxel_labels
 from lesionbench.method import Method
 from lesionbench.planning import RunRequest, Variant, check_workdir, explicit_data_keys, plan, resolve_device, variant_label
 from lesionbench.plugins import Plugins
